@@ -1,0 +1,20 @@
+"""jaxupdate: torch.optim's parameter-update machinery as pure JAX functions.
+
+``ju.adam(lr=1e-3, ...)`` and friends take torch's names, arguments and defaults and return
+``optax.GradientTransformation``s that reproduce torch's numbers::
+
+    tx = ju.adam(lr=1e-3)
+    opt_state = tx.init(params)
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = ju.apply_updates(params, updates)
+"""
+
+from optax import apply_updates
+
+from jaxupdate import transforms
+from jaxupdate.optim import adam, adamw, rmsprop, sgd
+
+__version__ = "0.1.0"
+
+__all__ = ["adam", "adamw", "apply_updates", "rmsprop", "sgd", "transforms"]

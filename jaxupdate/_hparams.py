@@ -1,0 +1,145 @@
+"""Hyperparameters: Python numbers, 1-element arrays or schedules, resolved inside ``update``.
+
+torch keeps hyperparameters as Python floats (or 1-element tensors) and does the scalar
+arithmetic (``lr / bias_correction1``, ``1 - beta2``) in Python double precision before the
+elementwise kernels cast the result to the parameter dtype. jaxupdate does the same: scalar
+arithmetic happens in :func:`scalar_dtype` (float64 when ``jax_enable_x64`` is on, else
+float32 with formulas chosen to avoid cancellation), and :func:`cast` brings a scalar to the
+dtype of the array it meets, as torch's kernels do.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Schedule = Callable[[jax.Array], Any]
+Hyperparam = Union[float, int, jax.Array, np.ndarray, Schedule]
+
+
+def scalar_dtype():
+    """dtype of the scalar arithmetic: float64 under ``jax_enable_x64`` (torch's Python floats)."""
+    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
+def is_number(h) -> bool:
+    """A plain Python (or numpy scalar) number, known at construction time."""
+    return isinstance(h, numbers.Real) and not isinstance(h, bool)
+
+
+def is_schedule(h) -> bool:
+    return callable(h) and not hasattr(h, "shape")
+
+
+def is_static_zero(h) -> bool:
+    """True for a Python 0: torch skips the branch (``if weight_decay != 0``) in that case only."""
+    return is_number(h) and h == 0
+
+
+def normalize(h, name: str):
+    """Validates the form of a hyperparameter and returns it as a float, a 0-d array or a schedule.
+
+    Arrays (numpy, jax, torch tensors, tracers) must hold exactly one element, as in torch
+    (``Tensor lr must be 1-element``); they are reshaped to 0-d like torch's ``_to_scalar``.
+    """
+    if is_number(h):
+        return float(h)
+    if is_schedule(h):
+        return h
+    if hasattr(h, "shape"):
+        size = int(np.prod(h.shape)) if len(h.shape) else 1
+        if size != 1:
+            raise ValueError(f"Tensor {name} must be 1-element")
+        if type(h).__module__.startswith("torch"):
+            h = h.detach().cpu().numpy()
+        return jnp.reshape(jnp.asarray(h), ())
+    raise TypeError(
+        f"{name} must be a float, a 1-element array or a schedule (a function of the "
+        f"update count), got {type(h).__name__}"
+    )
+
+
+def concrete(h):
+    """The value of ``h`` as a Python float when known at construction time, else None.
+
+    Schedules and traced arrays (e.g. ``jax.grad`` with respect to ``lr``) cannot be
+    validated eagerly; torch validates the same values at construction only.
+    """
+    if is_number(h):
+        return float(h)
+    if is_schedule(h) or isinstance(h, jax.core.Tracer):
+        return None
+    try:
+        return float(np.asarray(h).reshape(()))
+    except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def resolve(h, count):
+    """Value of hyperparameter ``h`` at update ``count`` (updates already applied).
+
+    Python numbers are kept as Python floats (weakly typed, so they take the dtype of whatever
+    they meet, like torch's Python scalars); arrays and schedule outputs become 0-d arrays in
+    :func:`scalar_dtype`.
+    """
+    if is_number(h):
+        return float(h)
+    if is_schedule(h):
+        h = h(count)
+    return jnp.reshape(jnp.asarray(h, dtype=scalar_dtype()), ())
+
+
+def cast(s, x):
+    """Scalar ``s`` in the dtype of array ``x``: torch casts a Python scalar to the tensor's dtype."""
+    return jnp.asarray(s, dtype=x.dtype)
+
+
+def step_float(count):
+    """``count + 1`` (torch's ``step`` after its increment) as a float in scalar_dtype."""
+    return jnp.asarray(count, scalar_dtype()) + 1
+
+
+def bias_correction(beta, step):
+    """``1 - beta ** step``, as torch computes it in Python double precision.
+
+    With float64 available the formula is torch's own. In float32, ``1 - beta ** step``
+    cancels catastrophically (beta2 = 0.999 at step 1 keeps about 3 digits), so it is
+    computed as ``-expm1(step * log(beta))`` with ``log(beta)`` taken in double precision
+    when ``beta`` is a Python number: correct to a few float32 ulps at every step.
+    """
+    dt = scalar_dtype()
+    step = jnp.asarray(step, dt)
+    if dt == jnp.float64:
+        return 1 - jnp.asarray(beta, dt) ** step
+    if is_number(beta):
+        log_beta = math.log(beta) if beta > 0 else -math.inf
+    else:
+        log_beta = jnp.log(jnp.asarray(beta, dt))
+    return -jnp.expm1(step * log_beta)
+
+
+
+def add_scaled(x, alpha, y):
+    """torch's ``x.add(y, alpha=alpha)``: ``x + alpha * y`` rounded as torch's CPU kernel rounds it.
+
+    For float32, torch's kernel is a fused multiply-add (one rounding); computing in float64
+    and rounding once reproduces it bit for bit when float64 is enabled. For float16 and
+    bfloat16 torch computes in float32 ("opmath") and rounds once at the end; so does this.
+    Otherwise ``x + alpha * y`` in the dtype (XLA may contract it into an FMA itself).
+    """
+    dt = x.dtype
+    wide = None
+    if dt == jnp.float32 and jax.config.jax_enable_x64:
+        wide = jnp.float64
+    elif dt in (jnp.float16, jnp.bfloat16):
+        wide = jnp.float32
+    if wide is None:
+        return x + cast(alpha, y) * y
+    # alpha is rounded to the tensor's dtype first, as torch casts the Python scalar
+    a = jnp.asarray(jnp.asarray(alpha, dt), wide)
+    return (x.astype(wide) + a * y.astype(wide)).astype(dt)

@@ -1,0 +1,63 @@
+"""Shared by the optimizer constructors: torch-worded validation and chain assembly."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import optax
+
+from jaxupdate._hparams import concrete, is_number, is_schedule, normalize
+from jaxupdate.transforms import complex_as_real
+
+
+def check(value, ok: Callable[[float], bool], message: str) -> None:
+    """Raises ``ValueError(message)`` when ``value`` is known now and ``ok(value)`` is false.
+
+    Values only known later (schedules, traced arrays under ``jax.grad``) are not checked,
+    as torch only checks at construction.
+    """
+    v = concrete(value)
+    if v is not None and not ok(v):
+        raise ValueError(message)
+
+
+def check_lr(lr):
+    """torch's learning-rate checks: 1-element if an array, then ``0 <= lr``."""
+    lr_n = normalize(lr, "lr")
+    check(lr_n, lambda v: 0.0 <= v, f"Invalid learning rate: {lr}")
+    return lr_n
+
+
+def check_nonneg(value, name: str, what: str):
+    """``0 <= value``, torch's wording ``Invalid {what} value: {value}``."""
+    v = normalize(value, name)
+    check(v, lambda x: 0.0 <= x, f"Invalid {what} value: {value}")
+    return v
+
+
+def check_betas(betas):
+    """Adam-family betas: each in [0, 1), both numbers or both arrays, each 1-element."""
+    if len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    for i, b in enumerate(betas):
+        if not is_schedule(b) and not is_number(b) and not hasattr(b, "shape"):
+            raise TypeError(f"betas[{i}] must be a float, a 1-element array or a schedule")
+    for i, b in enumerate(betas):
+        if is_number(b) or (hasattr(b, "shape") and _size(b) == 1):
+            check(b, lambda x: 0.0 <= x < 1.0, f"Invalid beta parameter at index {i}: {b}")
+    kinds = {("number" if is_number(b) else "array") for b in betas if not is_schedule(b)}
+    if len(kinds) == 2:
+        raise ValueError("betas must be either both floats or both Tensors")
+    return tuple(normalize(b, f"betas[{i}]") for i, b in enumerate(betas))
+
+
+def _size(x) -> int:
+    size = 1
+    for d in x.shape:
+        size *= int(d)
+    return size
+
+
+def assemble(*blocks) -> optax.GradientTransformationExtraArgs:
+    """Chains the blocks that are not None, viewing complex leaves as real pairs (as torch)."""
+    return complex_as_real(optax.chain(*[b for b in blocks if b is not None]))

@@ -1,0 +1,55 @@
+"""torch's heavy-ball / Nesterov momentum buffer (SGD, RMSprop)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxupdate._hparams import add_scaled, cast, resolve
+from jaxupdate.transforms.common import init_count
+
+
+class TorchMomentumState(NamedTuple):
+    count: jax.Array
+    momentum_buffer: optax.Updates
+
+
+def torch_momentum(
+    momentum, dampening=0.0, nesterov: bool = False, *, first_step_copies: bool = True
+) -> optax.GradientTransformationExtraArgs:
+    """torch's momentum buffer.
+
+    ``buf = g`` on the first step (torch creates it with ``grad.clone()``, so ``dampening``
+    is not applied then), afterwards ``buf = buf * momentum + (1 - dampening) * g``; the
+    output is ``buf``, or ``g + momentum * buf`` with ``nesterov``. The first-step rule lives
+    in state (``count == 0``), so it survives ``jit``. With ``first_step_copies=False`` the
+    buffer starts at zero and is always updated by the formula (RMSprop's buffer).
+    """
+
+    def init_fn(params):
+        return TorchMomentumState(init_count(), jax.tree.map(jnp.zeros_like, params))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        mom = resolve(momentum, state.count)
+        keep = 1.0 - resolve(dampening, state.count)
+
+        def new_buf(g, buf):
+            # torch: buf.mul_(momentum).add_(grad, alpha=1 - dampening)
+            later = add_scaled(buf * cast(mom, g), keep, g)
+            if not first_step_copies:
+                return later
+            return jnp.where(state.count == 0, g, later)
+
+        bufs = jax.tree.map(new_buf, updates, state.momentum_buffer)
+        if nesterov:
+            # torch: grad = grad.add(buf, alpha=momentum)
+            out = jax.tree.map(lambda g, b: add_scaled(g, mom, b), updates, bufs)
+        else:
+            out = bufs
+        return out, TorchMomentumState(optax.safe_increment(state.count), bufs)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
