@@ -71,6 +71,11 @@ def to_jax_kwargs(kwargs):
     return out
 
 
+def _numpy(t):
+    t = t.detach().clone()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()  # numpy has no bfloat16
+
+
 def run_torch(torch_cls, kwargs, params, grads, dtype, lr_at=None):
     """torch trajectory: list (per step) of lists of numpy parameters.
 
@@ -85,7 +90,7 @@ def run_torch(torch_cls, kwargs, params, grads, dtype, lr_at=None):
         for t, gg in zip(tp, g):
             t.grad = torch.tensor(gg).to(dtype)
         opt.step()
-        traj.append([t.detach().clone().numpy() for t in tp])
+        traj.append([_numpy(t) for t in tp])
     return traj
 
 
