@@ -21,6 +21,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check jaxupdate tests benchmarks examples
 

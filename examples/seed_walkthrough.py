@@ -92,7 +92,8 @@ def main():
     loss, params, grads = jax_step(weights)
     print("\njaxupdate (JAX):")
     print(f"  1-2. forward + MSE loss      = {loss:.6f}")
-    print(f"  3.   jax.grad                = { {k: np.asarray(v).tolist() for k, v in grads.items()} }")
+    shown = {k: np.asarray(v).tolist() for k, v in grads.items()}
+    print(f"  3.   jax.grad                = {shown}")
     print("  4.   tx.update + apply_updates")
     print("  5.   (no zero_grad: gradients are fresh values)")
     for name in ("weight", "bias"):
@@ -113,7 +114,10 @@ def main():
         j, t = np.asarray(params[name]), t_params[name]
         diff = float(np.max(np.abs(j - t)))
         worst = max(worst, diff)
-        print(f"  {name:6s} jaxupdate={j.ravel().tolist()}  torch={t.ravel().tolist()}  |diff|={diff:.2e}")
+        print(
+            f"  {name:6s} jaxupdate={j.ravel().tolist()}  torch={t.ravel().tolist()}"
+            f"  |diff|={diff:.2e}"
+        )
     print(f"  loss   jaxupdate={loss:.8f}  torch={t_loss:.8f}  |diff|={abs(loss - t_loss):.2e}")
     print(f"Largest parameter difference: {worst:.2e}")
     return 0 if worst <= 1e-6 else 1

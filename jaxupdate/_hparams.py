@@ -95,7 +95,7 @@ def resolve(h, count):
 
 
 def cast(s, x):
-    """Scalar ``s`` in the dtype of array ``x``: torch casts a Python scalar to the tensor's dtype."""
+    """Scalar ``s`` in the dtype of array ``x``, as torch casts a Python scalar to a tensor's."""
     return jnp.asarray(s, dtype=x.dtype)
 
 

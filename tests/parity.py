@@ -7,11 +7,10 @@ is measured on the update rule itself); the parameters are compared after every 
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import torch
 
 import jaxupdate as ju
 

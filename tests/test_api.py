@@ -21,8 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize(
     "lr",
-    [0.01, np.float64(0.01), np.array(0.01), np.array([0.01]), jnp.array([[0.01]]),
-     torch.tensor(0.01, dtype=torch.float64), torch.tensor([0.01], dtype=torch.float64)],
+    [
+        0.01,
+        np.float64(0.01),
+        np.array(0.01),
+        np.array([0.01]),
+        jnp.array([[0.01]]),
+        torch.tensor(0.01, dtype=torch.float64),
+        torch.tensor([0.01], dtype=torch.float64),
+    ],
     ids=["float", "np-scalar", "0d-np", "1elem-np", "1elem-jnp", "0d-torch", "1elem-torch"],
 )
 def test_lr_forms_match_torch(lr):
@@ -33,7 +40,7 @@ def test_lr_forms_match_torch(lr):
 
 
 def _decay(count):
-    return 0.05 * 0.9 ** count
+    return 0.05 * 0.9**count
 
 
 @pytest.mark.parametrize(
@@ -50,7 +57,7 @@ def test_lr_schedule_matches_torch_group_lr(torch_cls, ju_fn, kwargs):
     """A schedule count -> lr equals setting torch's group['lr'] before each step."""
     params, grads = problem(torch.float64, 25)
     t = run_torch(torch_cls, dict(lr=_decay(0), **kwargs), params, grads, torch.float64, _decay)
-    j = run_jax(ju_fn(lr=lambda c: 0.05 * 0.9 ** c, **kwargs), params, grads, torch.float64)
+    j = run_jax(ju_fn(lr=lambda c: 0.05 * 0.9**c, **kwargs), params, grads, torch.float64)
     assert rel_err(j, t) <= TOL[torch.float64]
 
 
@@ -79,7 +86,7 @@ def test_schedule_for_momentum_and_betas():
 
 
 def test_float32_parity_without_x64():
-    """Default JAX (x64 off): scalar math in float32 still tracks torch's double-precision scalars."""
+    """Default JAX (x64 off): float32 scalar math still tracks torch's double-precision scalars."""
     params, grads = problem(torch.float32, 30)
     with jax.enable_x64(False):
         for torch_cls, fn, kw in [
@@ -210,7 +217,10 @@ def test_examples_run_and_match_torch(script):
     """The examples exit 0 only when their jaxupdate result matches torch's."""
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / script)],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     if script == "seed_walkthrough.py":

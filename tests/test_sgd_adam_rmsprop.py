@@ -85,10 +85,12 @@ def _torch_table(name):
 TABLE = [(name, p) for name in OPTIMS for p in _torch_table(name)]
 
 
-@pytest.mark.parametrize("name,kwargs", [(n, p.values[0]) for n, p in TABLE],
-                         ids=[p.id for _, p in TABLE])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex128],
-                         ids=["f64", "f32", "c128"])
+@pytest.mark.parametrize(
+    "name,kwargs", [(n, p.values[0]) for n, p in TABLE], ids=[p.id for _, p in TABLE]
+)
+@pytest.mark.parametrize(
+    "dtype", [torch.float64, torch.float32, torch.complex128], ids=["f64", "f32", "c128"]
+)
 def test_torch_table(name, kwargs, dtype):
     torch_cls, ju_fn = OPTIMS[name][:2]
     assert_parity(torch_cls, ju_fn, kwargs, dtype)
@@ -98,7 +100,9 @@ GRID = [(name, kw) for name, kws in GRIDS.items() for kw in kws]
 
 
 @pytest.mark.parametrize(
-    "name,kwargs", GRID, ids=[f"{n}-" + "-".join(f"{k}={v}" for k, v in kw.items()) for n, kw in GRID]
+    "name,kwargs",
+    GRID,
+    ids=[f"{n}-" + "-".join(f"{k}={v}" for k, v in kw.items()) for n, kw in GRID],
 )
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_option_grid(name, kwargs, dtype):
@@ -147,7 +151,9 @@ def test_torch_error_table(name, err):
     """torch's optim_error_inputs_func, one for one: same exception type, same message."""
     oi = err.optimizer_error_input
     if oi.params is not None:
-        pytest.skip("about torch's `params` argument (param groups, names): jaxupdate takes pytrees")
+        pytest.skip(
+            "about torch's `params` argument (param groups, names): jaxupdate takes pytrees"
+        )
     if err.error_on != co.OptimizerErrorEnum.CONSTRUCTION_ERROR:
         pytest.skip("raised by torch's step(), not its constructor")
     if any(k in oi.kwargs for k in TORCH_ONLY_KWARGS):
@@ -167,13 +173,25 @@ def test_torch_error_table(name, err):
         (ju.sgd, dict(lr=np.array([1e-3, 1e-3])), "Tensor lr must be 1-element"),
         (ju.sgd, dict(momentum=-0.5), "Invalid momentum value: -0.5"),
         (ju.sgd, dict(weight_decay=-1), "Invalid weight_decay value: -1"),
-        (ju.sgd, dict(momentum=0.0, nesterov=True), "Nesterov momentum requires a momentum and zero dampening"),
-        (ju.sgd, dict(momentum=0.9, dampening=0.1, nesterov=True), "Nesterov momentum requires a momentum and zero dampening"),
+        (
+            ju.sgd,
+            dict(momentum=0.0, nesterov=True),
+            "Nesterov momentum requires a momentum and zero dampening",
+        ),
+        (
+            ju.sgd,
+            dict(momentum=0.9, dampening=0.1, nesterov=True),
+            "Nesterov momentum requires a momentum and zero dampening",
+        ),
         (ju.adam, dict(betas=(1.0, 0.0)), "Invalid beta parameter at index 0: 1.0"),
         (ju.adam, dict(betas=(0.9, 1.0)), "Invalid beta parameter at index 1: 1.0"),
         (ju.adam, dict(eps=-1e-8), "Invalid epsilon value: -1e-08"),
         (ju.adamw, dict(lr=-0.1), "Invalid learning rate: -0.1"),
-        (ju.adam, dict(betas=(0.9, np.array(0.99))), "betas must be either both floats or both Tensors"),
+        (
+            ju.adam,
+            dict(betas=(0.9, np.array(0.99))),
+            "betas must be either both floats or both Tensors",
+        ),
         (ju.rmsprop, dict(alpha=-0.5), "Invalid alpha value: -0.5"),
         (ju.rmsprop, dict(eps=-1.0), "Invalid epsilon value: -1.0"),
         (ju.rmsprop, dict(momentum=-1.0), "Invalid momentum value: -1.0"),
@@ -183,11 +201,16 @@ def test_errors_match_torch_wording(fn, kwargs, message):
     with pytest.raises(ValueError, match="^" + message + "$"):
         fn(**kwargs)
     # the same input in torch raises the same message
-    torch_cls = {ju.sgd: torch.optim.SGD, ju.adam: torch.optim.Adam, ju.adamw: torch.optim.AdamW,
-                 ju.rmsprop: torch.optim.RMSprop}[fn]
+    torch_cls = {
+        ju.sgd: torch.optim.SGD,
+        ju.adam: torch.optim.Adam,
+        ju.adamw: torch.optim.AdamW,
+        ju.rmsprop: torch.optim.RMSprop,
+    }[fn]
     t_kwargs = {k: (torch.tensor(v) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
     if "betas" in t_kwargs:
-        t_kwargs["betas"] = tuple(torch.tensor(b) if isinstance(b, np.ndarray) else b
-                                  for b in kwargs["betas"])
+        t_kwargs["betas"] = tuple(
+            torch.tensor(b) if isinstance(b, np.ndarray) else b for b in kwargs["betas"]
+        )
     with pytest.raises(ValueError, match=re.escape(message).replace("\\\\", "\\")):
         torch_cls([torch.zeros(2, requires_grad=True)], **t_kwargs)

@@ -43,7 +43,7 @@ class TorchAdamState(NamedTuple):
 def scale_by_torch_adam(
     betas=(0.9, 0.999), eps=1e-8, amsgrad: bool = False
 ) -> optax.GradientTransformationExtraArgs:
-    """Adam's direction ``(m / bc1) / (sqrt(v_hat) / sqrt(bc2) + eps)`` as in ``_single_tensor_adam``.
+    """Adam's direction ``(m / bc1) / (sqrt(v_hat) / sqrt(bc2) + eps)``, ``_single_tensor_adam``.
 
     ``m.lerp_(g, 1 - beta1)``; ``v = v * beta2 + (1 - beta2) * g * g``; with ``amsgrad`` the
     running maximum is taken of the raw ``v`` (before bias correction, unlike optax's

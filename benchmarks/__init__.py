@@ -1,0 +1,1 @@
+"""Benchmarks of jaxupdate against torch.optim and optax (``python -m benchmarks``)."""
