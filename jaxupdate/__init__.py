@@ -13,8 +13,34 @@
 from optax import apply_updates
 
 from jaxupdate import transforms
-from jaxupdate.optim import adam, adamw, rmsprop, sgd
+from jaxupdate.optim import (
+    adadelta,
+    adagrad,
+    adam,
+    adamax,
+    adamw,
+    asgd,
+    nadam,
+    radam,
+    rmsprop,
+    rprop,
+    sgd,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["adam", "adamw", "apply_updates", "rmsprop", "sgd", "transforms"]
+__all__ = [
+    "adadelta",
+    "adagrad",
+    "adam",
+    "adamax",
+    "adamw",
+    "apply_updates",
+    "asgd",
+    "nadam",
+    "radam",
+    "rmsprop",
+    "rprop",
+    "sgd",
+    "transforms",
+]

@@ -1,5 +1,17 @@
 """Reusable building blocks (optax ``GradientTransformation``s) that the optimizers chain."""
 
+from jaxupdate.transforms.adaptive import (
+    TorchAdadeltaState,
+    TorchAdagradState,
+    TorchAdamaxState,
+    TorchRpropState,
+    addcmul,
+    scale_by_torch_adadelta,
+    torch_adagrad,
+    torch_adamax,
+    torch_rprop,
+)
+from jaxupdate.transforms.asgd import TorchASGDState, torch_asgd
 from jaxupdate.transforms.common import (
     CountState,
     add_weight_decay,
@@ -17,8 +29,31 @@ from jaxupdate.transforms.moments import (
     scale_by_torch_rms,
 )
 from jaxupdate.transforms.momentum import TorchMomentumState, torch_momentum
+from jaxupdate.transforms.nadam_radam import (
+    TorchNAdamState,
+    TorchRAdamState,
+    radam_rho,
+    scale_by_torch_nadam,
+    scale_by_torch_radam,
+)
 
 __all__ = [
+    "TorchASGDState",
+    "TorchNAdamState",
+    "TorchRAdamState",
+    "radam_rho",
+    "scale_by_torch_nadam",
+    "scale_by_torch_radam",
+    "torch_asgd",
+    "TorchAdadeltaState",
+    "TorchAdagradState",
+    "TorchAdamaxState",
+    "TorchRpropState",
+    "addcmul",
+    "scale_by_torch_adadelta",
+    "torch_adagrad",
+    "torch_adamax",
+    "torch_rprop",
     "CountState",
     "TorchAdamState",
     "TorchMomentumState",

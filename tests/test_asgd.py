@@ -1,0 +1,288 @@
+"""Parity of jaxupdate's asgd with torch.optim.ASGD, including the averaged parameters ``ax``."""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+from torch.testing._internal import common_optimizers as co
+
+from jaxupdate.optim.asgd import asgd, averaged_params
+from jaxupdate.optim.sgd import sgd
+from jaxupdate.transforms.asgd import TorchASGDState
+from tests.oracle import (
+    find_state,
+    max_rel,
+    pairwise,
+    run_jax_states,
+    run_torch_states,
+)
+from tests.parity import (
+    TOL,
+    TORCH_ONLY_KWARGS,
+    assert_parity,
+    problem,
+    rel_err,
+    run_jax,
+    run_torch,
+    to_jax_kwargs,
+)
+
+TORCH_CLS = torch.optim.ASGD
+DTYPES = [torch.float64, torch.float32, torch.complex128]
+DTYPE_IDS = ["f64", "f32", "c128"]
+
+TABLE = [
+    pytest.param(oi.kwargs, id=oi.desc.replace(" ", "_"))
+    for oi in co.optim_inputs_func_asgd(device="cpu", dtype=torch.float64)
+]
+
+
+@pytest.mark.parametrize("kwargs", TABLE)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_torch_table(kwargs, dtype):
+    assert_parity(TORCH_CLS, asgd, kwargs, dtype)
+
+
+# Every value of every option meets every value of every other option at least once;
+# t0 = 5 starts the averaging (mu != 1) within the 40 steps.
+GRID = pairwise(
+    lr=[0.01, 0.05],
+    lambd=[1e-4, 0.1],
+    alpha=[0.75, 0.5],
+    t0=[1e6, 5.0],
+    weight_decay=[0.0, 0.1],
+    maximize=[False, True],
+)
+GRID_IDS = ["-".join(f"{k}={v}" for k, v in kw.items()) for kw in GRID]
+
+
+@pytest.mark.parametrize("kwargs", GRID, ids=GRID_IDS)
+@pytest.mark.parametrize("dtype", DTYPES[:2], ids=DTYPE_IDS[:2])
+def test_option_grid(kwargs, dtype):
+    assert_parity(TORCH_CLS, asgd, kwargs, dtype, steps=40)
+
+
+def test_grid_complex():
+    """Every option on complex parameters too (torch views them as real pairs)."""
+    for kw in GRID[::3]:
+        assert_parity(TORCH_CLS, asgd, kw, torch.complex128, steps=20)
+    for kw in GRID[1:2]:
+        assert_parity(TORCH_CLS, asgd, kw, torch.complex64, steps=20)
+
+
+@pytest.mark.parametrize("t0", [0.0, 5.0, 1e6], ids=["t0=0", "t0=5", "t0=1e6"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_averaged_params_match_torch_ax(dtype, t0):
+    """averaged_params(state) is torch's optimizer.state[p]['ax'] after every step, and
+    eta, mu (float32 scalars in torch) and step match too."""
+    kw = dict(lr=0.05, lambd=0.01, t0=t0, weight_decay=0.1)
+    params, grads = problem(dtype, 15)
+    t_traj, t_states = run_torch_states(TORCH_CLS, kw, params, grads, dtype)
+    j_traj, j_states = run_jax_states(asgd(**kw), params, grads, dtype)
+    tol = TOL[dtype]
+    assert rel_err(j_traj, t_traj) <= tol
+    averaging_seen = False
+    for ts, js in zip(t_states, j_states, strict=True):
+        s = find_state(js, TorchASGDState)
+        ax = averaged_params(js)
+        for leaf, t in enumerate(ts):
+            assert s.eta.dtype == jnp.float32 and s.mu.dtype == jnp.float32
+            assert float(s.eta) == float(t["eta"])
+            assert float(s.mu) == float(t["mu"])
+            assert int(s.count) == float(t["step"])
+            assert ax[leaf].dtype == t["ax"].dtype
+            assert max_rel(np.asarray(ax[leaf]), t["ax"]) <= tol
+        averaging_seen |= float(ts[0]["mu"]) != 1
+    assert averaging_seen == (t0 < 14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_ax_is_a_copy_while_mu_is_one(dtype):
+    """torch copies param into ax while mu == 1 (ax + (param - ax) * 1 would lose it here).
+
+    lr=1, lambd=1, alpha=0 keep eta = 1 and the decay factor 1 - lambd * eta = 0, so the
+    parameter is -grad: 1e20 after step 1, 0.5 after step 2.
+    """
+    kw = dict(lr=1.0, lambd=1.0, alpha=0.0)
+    params, grads = [np.zeros(2)], [[np.full(2, -1e20)], [np.full(2, -0.5)]]
+    _, t_states = run_torch_states(TORCH_CLS, kw, params, grads, dtype)
+    # (the parameter itself comes back as param + (new - param) = 1e20 + (0.5 - 1e20) = 0:
+    # optax updates are differences, exact only when the step is below the parameter's size)
+    _, j_states = run_jax_states(asgd(**kw), params, grads, dtype)
+    assert t_states[1][0]["ax"].tolist() == [0.5, 0.5]
+    for ts, js in zip(t_states, j_states, strict=True):
+        assert np.array_equal(np.asarray(averaged_params(js)[0]), ts[0]["ax"])
+
+
+def test_averaged_params_before_first_step_and_pytrees():
+    """Shaped like the params (any pytree, 2-tuples included); zeros before the first step."""
+    params = {"a": (jnp.ones((2, 3)), jnp.ones(())), "b": [jnp.ones(4, jnp.complex64)]}
+    tx = asgd(lr=0.1, t0=0)
+    state = tx.init(params)
+    ax = averaged_params(state)
+    assert jax.tree.structure(ax) == jax.tree.structure(params)
+    assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(ax))
+    grads = jax.tree.map(jnp.ones_like, params)
+    update = jax.jit(tx.update)
+    for _ in range(3):
+        updates, state = update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    ax = averaged_params(state)
+    assert jax.tree.structure(ax) == jax.tree.structure(params)
+    for x, p in zip(jax.tree.leaves(ax), jax.tree.leaves(params), strict=True):
+        assert x.shape == p.shape and x.dtype == p.dtype
+    # the state also works inside a larger chain
+    chained = optax.chain(optax.clip(1.0), tx)
+    assert jax.tree.structure(averaged_params(chained.init(params))) == jax.tree.structure(params)
+
+
+def test_averaged_params_needs_an_asgd_state():
+    with pytest.raises(ValueError, match="exactly one asgd"):
+        averaged_params(sgd(lr=0.1).init({"w": jnp.ones(2)}))
+
+
+def test_float32_eta_is_what_torch_keeps():
+    """A float64 eta would move the float64 trajectory by ~1e-9: measurable, not noise."""
+    kw = dict(lr=0.0123, lambd=0.05)
+    params, grads = problem(torch.float64, 30)
+    t = run_torch(TORCH_CLS, kw, params, grads, torch.float64)
+    assert rel_err(run_jax(asgd(**kw), params, grads, torch.float64), t) <= TOL[torch.float64]
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        t64 = run_torch(TORCH_CLS, kw, params, grads, torch.float64)
+    finally:
+        torch.set_default_dtype(old)
+    assert rel_err(t64, t) > 100 * TOL[torch.float64]
+
+
+def test_jit_scan_no_python_flags():
+    """The whole trajectory inside one lax.scan: the mu == 1 switch lives in state."""
+    kw = dict(lr=0.05, lambd=0.01, t0=3.0, weight_decay=0.1, maximize=True)
+    params, grads = problem(torch.float64, 20)
+    t, t_states = run_torch_states(TORCH_CLS, kw, params, grads, torch.float64)
+    tx = asgd(**kw)
+    p0 = [jnp.asarray(p) for p in params]
+    gs = [jnp.stack([jnp.asarray(g[i]) for g in grads]) for i in range(len(params))]
+
+    def body(carry, g):
+        p, s = carry
+        u, s = tx.update(g, s, p)
+        p = jax.tree.map(jnp.add, p, u)
+        return (p, s), p
+
+    (_, state), ps = jax.jit(lambda p, gs: jax.lax.scan(body, (p, tx.init(p)), gs))(p0, gs)
+    j = [[np.asarray(x[k]) for x in ps] for k in range(len(grads))]
+    assert rel_err(j, t) <= TOL[torch.float64]
+    for leaf, x in enumerate(averaged_params(state)):
+        assert max_rel(np.asarray(x), t_states[-1][leaf]["ax"]) <= TOL[torch.float64]
+
+
+def test_schedules_match_torch_group_values():
+    """lr (also in eta's update), lambd and t0 as schedules equal torch's group values."""
+    def lr_at(c):
+        return 0.05 * 0.9**c
+
+    def lambd_at(c):
+        return 0.01 + 0.002 * c
+
+    def t0_at(c):
+        return 8.0 - c / 4
+
+    params, grads = problem(torch.float64, 20)
+    t, t_states = run_torch_states(
+        TORCH_CLS, dict(lr=lr_at(0)), params, grads, torch.float64,
+        lambda c: dict(lr=lr_at(c), lambd=lambd_at(c), t0=t0_at(c)),
+    )
+    tx = asgd(lr=lr_at, lambd=lambd_at, t0=t0_at)
+    j, j_states = run_jax_states(tx, params, grads, torch.float64)
+    assert rel_err(j, t) <= TOL[torch.float64]
+    for leaf, x in enumerate(averaged_params(j_states[-1])):
+        assert max_rel(np.asarray(x), t_states[-1][leaf]["ax"]) <= TOL[torch.float64]
+
+
+def test_array_hyperparameters():
+    kw = dict(lr=0.05, lambd=0.01, alpha=0.6, t0=4.0, weight_decay=0.1)
+    params, grads = problem(torch.float64, 20)
+    t = run_torch(TORCH_CLS, kw, params, grads, torch.float64)
+    arr = {k: np.array([v]) for k, v in kw.items()}
+    assert rel_err(run_jax(asgd(**arr), params, grads, torch.float64), t) <= TOL[torch.float64]
+
+
+def test_needs_params():
+    tx = asgd()
+    with pytest.raises(ValueError, match="needs the current parameters"):
+        tx.update([jnp.ones(2)], tx.init([jnp.ones(2)]))
+
+
+def test_float32_without_x64():
+    """Default JAX (x64 off): float32 scalar math still tracks torch's double scalars."""
+    params, grads = problem(torch.float32, 30)
+    kw = dict(lr=0.05, lambd=0.01, t0=5.0, weight_decay=0.1)
+    t = run_torch(TORCH_CLS, kw, params, grads, torch.float32)
+    with jax.enable_x64(False):
+        j = run_jax(asgd(**kw), params, grads, torch.float32)
+    assert j[0][0].dtype == np.float32
+    assert rel_err(j, t) <= 1e-5
+
+
+def test_defaults_match_torch():
+    t_params = [
+        p for p in inspect.signature(TORCH_CLS.__init__).parameters.values()
+        if p.name not in ("self", "params", *TORCH_ONLY_KWARGS)
+    ]
+    j_params = list(inspect.signature(asgd).parameters.values())
+    assert [p.name for p in j_params] == [p.name for p in t_params]
+    for tp, jp in zip(t_params, j_params, strict=True):
+        assert tp.kind == jp.kind, tp.name
+        assert tp.default == jp.default, (tp.name, tp.default, jp.default)
+
+
+def _error_cases():
+    return [
+        pytest.param(e, id=e.optimizer_error_input.desc.replace(" ", "_"))
+        for e in co.optim_error_inputs_func_asgd(device="cpu", dtype=torch.float64)
+    ]
+
+
+@pytest.mark.parametrize("err", _error_cases())
+def test_torch_error_table(err):
+    oi = err.optimizer_error_input
+    if oi.params is not None:
+        pytest.skip("about torch's `params` argument (groups, names): jaxupdate takes pytrees")
+    if err.error_on != co.OptimizerErrorEnum.CONSTRUCTION_ERROR:
+        pytest.skip("raised by torch's step(), not its constructor")
+    if any(k in oi.kwargs for k in TORCH_ONLY_KWARGS):
+        pytest.skip("about torch kernel choices (foreach/fused/capturable), not the mathematics")
+    with pytest.raises(err.error_type, match=err.error_regex):
+        asgd(**to_jax_kwargs(oi.kwargs))
+    with pytest.raises(err.error_type, match=err.error_regex):
+        TORCH_CLS([torch.zeros(2, requires_grad=True)], **oi.kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(lr=-1.0), "Invalid learning rate: -1.0"),
+        (dict(weight_decay=-0.1), "Invalid weight_decay value: -0.1"),
+        (dict(lr=-1.0, weight_decay=-0.1), "Invalid learning rate: -1.0"),
+    ],
+)
+def test_errors_match_torch_wording(kwargs, message):
+    with pytest.raises(ValueError, match="^" + message + "$"):
+        asgd(**kwargs)
+    with pytest.raises(ValueError, match="^" + message + "$"):
+        TORCH_CLS([torch.zeros(2, requires_grad=True)], **kwargs)
+
+
+def test_unchecked_like_torch():
+    """torch does not validate lambd, alpha or t0; neither does asgd."""
+    kw = dict(lambd=-1.0, alpha=-2.0, t0=-5.0)
+    TORCH_CLS([torch.zeros(2, requires_grad=True)], **kw)
+    asgd(**kw)

@@ -1,0 +1,265 @@
+"""Parity of jaxupdate's radam with torch.optim.RAdam: table, grid, rectification switch."""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from torch.testing._internal import common_optimizers as co
+
+from jaxupdate.optim.radam import radam
+from jaxupdate.transforms.nadam_radam import TorchRAdamState, radam_rho
+from tests.oracle import (
+    as_real,
+    find_state,
+    max_rel,
+    pairwise,
+    run_jax_states,
+    run_torch_states,
+)
+from tests.parity import (
+    TOL,
+    TORCH_ONLY_KWARGS,
+    assert_parity,
+    problem,
+    rel_err,
+    run_jax,
+    run_torch,
+    to_jax_kwargs,
+)
+
+TORCH_CLS = torch.optim.RAdam
+DTYPES = [torch.float64, torch.float32, torch.complex128]
+DTYPE_IDS = ["f64", "f32", "c128"]
+
+TABLE = [
+    pytest.param(oi.kwargs, id=oi.desc.replace(" ", "_"))
+    for oi in co.optim_inputs_func_radam(device="cpu", dtype=torch.float64)
+]
+
+
+@pytest.mark.parametrize("kwargs", TABLE)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_torch_table(kwargs, dtype):
+    assert_parity(TORCH_CLS, radam, kwargs, dtype)
+
+
+# Every value of every option meets every value of every other option at least once.
+GRID = pairwise(
+    lr=[0.01],
+    betas=[(0.9, 0.999), (0.5, 0.9)],  # the rho_t > 5 switch at step 6 for both
+    eps=[1e-8, 1e-3],
+    weight_decay=[0.0, 0.1],
+    decoupled_weight_decay=[False, True],
+    maximize=[False, True],
+)
+GRID_IDS = ["-".join(f"{k}={v}" for k, v in kw.items() if k != "lr") for kw in GRID]
+
+
+@pytest.mark.parametrize("kwargs", GRID, ids=GRID_IDS)
+@pytest.mark.parametrize("dtype", DTYPES[:2], ids=DTYPE_IDS[:2])
+def test_option_grid(kwargs, dtype):
+    assert_parity(TORCH_CLS, radam, kwargs, dtype, steps=40)
+
+
+def test_grid_complex():
+    """Every option on complex parameters too (torch views them as real pairs)."""
+    for kw in GRID[::3]:
+        assert_parity(TORCH_CLS, radam, kw, torch.complex128, steps=20)
+    for kw in GRID[1:2]:
+        assert_parity(TORCH_CLS, radam, kw, torch.complex64, steps=20)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["f64", "c128"])
+def test_state_matches_torch(dtype):
+    """step, exp_avg and exp_avg_sq after every step (complex state in torch's real view)."""
+    kw = dict(lr=0.01, weight_decay=0.1, maximize=True)
+    params, grads = problem(dtype, 12)
+    _, t_states = run_torch_states(TORCH_CLS, kw, params, grads, dtype)
+    _, j_states = run_jax_states(radam(**kw), params, grads, dtype)
+    for ts, js in zip(t_states, j_states, strict=True):
+        s = find_state(js, TorchRAdamState)
+        for leaf, t in enumerate(ts):
+            assert int(s.count) == float(t["step"])
+            for key in ("exp_avg", "exp_avg_sq"):
+                err = max_rel(getattr(s, key)[leaf], as_real(t[key]))
+                assert err <= TOL[torch.float64], (key, err)
+
+
+@pytest.mark.parametrize("betas", [(0.9, 0.0), (0.9, 0.5), (0.0, 0.99)])
+def test_rectification_switch(betas):
+    """beta2 = 0 and 0.5 never rectify (rho_inf <= 5); 0.99 switches at step 6 (beta1 = 0)."""
+    kw = dict(lr=0.01, betas=betas)
+    rho_inf = 2 / (1 - betas[1]) - 1
+    switch = [rho_inf - 2 * t * betas[1] ** t / (1 - betas[1] ** t) > 5 for t in (5, 6)]
+    assert switch == ([False, False] if rho_inf <= 5 else [False, True])
+    assert_parity(TORCH_CLS, radam, kw, torch.float64, steps=12)
+
+
+def test_rho_float32_has_no_cancellation():
+    """x64 off: rho_t stays within a few float32 ulps of torch's double formula."""
+
+    def torch_rho(beta2, t):
+        rho_inf = 2 / (1 - beta2) - 1
+        return rho_inf, rho_inf - 2 * t * beta2**t / (1 - beta2**t)
+
+    t = np.arange(1, 3001, dtype=np.float64)
+    with jax.enable_x64(False):
+        steps = jnp.arange(1, 3001, dtype=jnp.float32)
+        for beta2 in (0.0, 0.3, 0.5, 0.9, 0.99, 0.999, 0.9999):
+            rho_inf, rho_t = radam_rho(beta2, steps)
+            assert rho_t.dtype == jnp.float32
+            ref_inf, ref = torch_rho(beta2, t)
+            assert abs(float(rho_inf) - ref_inf) <= 1e-6 * ref_inf
+            assert np.max(np.abs(np.asarray(rho_t, np.float64) - ref) / ref) < 2e-6, beta2
+            # an array beta2 (its log taken at run time) holds the float32 value of beta2
+            b32 = jnp.asarray(beta2, jnp.float32)
+            _, ref = torch_rho(float(b32), t)
+            _, rho_arr = radam_rho(b32, steps)
+            assert np.max(np.abs(np.asarray(rho_arr, np.float64) - ref) / ref) < 2e-6, beta2
+    # torch's own formula in float32 would be off by ~1e-4 near the switch for beta2 = 0.999
+    b = np.float32(0.999)
+    naive = (np.float32(2) / (1 - b) - 1) - 2 * np.float32(6) * b**6 / (1 - b**6)
+    assert abs(float(naive) - torch_rho(0.999, 6.0)[1]) > 1e-5
+
+
+def test_jit_scan_no_python_flags():
+    """The whole trajectory inside one lax.scan (state only, no Python-side flags)."""
+    kw = dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)
+    params, grads = problem(torch.float64, 30)
+    t = run_torch(TORCH_CLS, kw, params, grads, torch.float64)
+    tx = radam(**kw)
+    p0 = [jnp.asarray(p) for p in params]
+    gs = [jnp.stack([jnp.asarray(g[i]) for g in grads]) for i in range(len(params))]
+
+    def body(carry, g):
+        p, s = carry
+        u, s = tx.update(g, s, p)
+        p = jax.tree.map(jnp.add, p, u)
+        return (p, s), p
+
+    _, ps = jax.jit(lambda p, gs: jax.lax.scan(body, (p, tx.init(p)), gs))(p0, gs)
+    j = [[np.asarray(x[k]) for x in ps] for k in range(len(grads))]
+    assert rel_err(j, t) <= TOL[torch.float64]
+
+
+def test_schedules_match_torch_group_values():
+    """lr and betas as schedules equal setting torch's group values before each step."""
+    def lr_at(c):
+        return 0.02 * 0.9**c
+
+    def beta1_at(c):
+        return 0.9 - 0.01 * c
+
+    def beta2_at(c):
+        return 0.99 - 0.001 * c
+
+    params, grads = problem(torch.float64, 20)
+    t, _ = run_torch_states(
+        TORCH_CLS, dict(lr=lr_at(0), weight_decay=0.1), params, grads, torch.float64,
+        lambda c: dict(lr=lr_at(c), betas=(beta1_at(c), beta2_at(c))),
+    )
+    tx = radam(lr=lr_at, betas=(beta1_at, beta2_at), weight_decay=0.1)
+    assert rel_err(run_jax(tx, params, grads, torch.float64), t) <= TOL[torch.float64]
+
+
+def test_array_hyperparameters():
+    kw = dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)
+    params, grads = problem(torch.float64, 20)
+    t = run_torch(TORCH_CLS, kw, params, grads, torch.float64)
+    arr = {k: (tuple(np.array([b]) for b in v) if k == "betas" else np.array([v]))
+           for k, v in kw.items()}
+    assert rel_err(run_jax(radam(**arr), params, grads, torch.float64), t) <= TOL[torch.float64]
+
+
+def test_without_params():
+    """update(grads, state) without params: the same step up to rounding (one add less)."""
+    params, grads = problem(torch.float64, 20)
+    t = run_torch(TORCH_CLS, dict(lr=0.01, maximize=True), params, grads, torch.float64)
+    tx = radam(lr=0.01, maximize=True)
+    p = [jnp.asarray(x) for x in params]
+    s = tx.init(p)
+    update = jax.jit(tx.update)
+    for k, g in enumerate(grads):
+        u, s = update([jnp.asarray(x) for x in g], s)
+        p = jax.tree.map(jnp.add, p, u)
+        for a, b in zip(p, t[k], strict=True):
+            assert max_rel(np.asarray(a), b) <= 1e-13
+    with pytest.raises(ValueError, match="needs the current parameters"):
+        tx = radam(weight_decay=0.1, decoupled_weight_decay=True)
+        tx.update([jnp.ones(2)], tx.init([jnp.ones(2)]))
+
+
+def test_float32_without_x64():
+    """Default JAX (x64 off): float32 scalar math still tracks torch's double scalars."""
+    params, grads = problem(torch.float32, 30)
+    kw = dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, betas=(0.9, 0.99))
+    t = run_torch(TORCH_CLS, kw, params, grads, torch.float32)
+    with jax.enable_x64(False):
+        j = run_jax(radam(**kw), params, grads, torch.float32)
+    assert j[0][0].dtype == np.float32
+    assert rel_err(j, t) <= 1e-5
+
+
+def test_defaults_match_torch():
+    t_params = [
+        p for p in inspect.signature(TORCH_CLS.__init__).parameters.values()
+        if p.name not in ("self", "params", *TORCH_ONLY_KWARGS)
+    ]
+    j_params = list(inspect.signature(radam).parameters.values())
+    assert [p.name for p in j_params] == [p.name for p in t_params]
+    for tp, jp in zip(t_params, j_params, strict=True):
+        assert tp.kind == jp.kind, tp.name
+        assert tp.default == jp.default, (tp.name, tp.default, jp.default)
+
+
+def _error_cases():
+    return [
+        pytest.param(e, id=e.optimizer_error_input.desc.replace(" ", "_"))
+        for e in co.optim_error_inputs_func_radam(device="cpu", dtype=torch.float64)
+    ]
+
+
+@pytest.mark.parametrize("err", _error_cases())
+def test_torch_error_table(err):
+    oi = err.optimizer_error_input
+    if oi.params is not None:
+        pytest.skip("about torch's `params` argument (groups, names): jaxupdate takes pytrees")
+    if err.error_on != co.OptimizerErrorEnum.CONSTRUCTION_ERROR:
+        pytest.skip("raised by torch's step(), not its constructor")
+    if any(k in oi.kwargs for k in TORCH_ONLY_KWARGS):
+        pytest.skip("about torch kernel choices (foreach/fused/capturable), not the mathematics")
+    with pytest.raises(err.error_type, match=err.error_regex):
+        radam(**to_jax_kwargs(oi.kwargs))
+    with pytest.raises(err.error_type, match=err.error_regex):
+        TORCH_CLS([torch.zeros(2, requires_grad=True)], **oi.kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(lr=-1.0), "Invalid learning rate: -1.0"),
+        (dict(eps=-1e-8), "Invalid epsilon value: -1e-08"),
+        (dict(betas=(0.9, 1.0)), "Invalid beta parameter at index 1: 1.0"),
+        (dict(betas=(-0.1, 0.9)), "Invalid beta parameter at index 0: -0.1"),
+        (dict(weight_decay=-0.1), "Invalid weight_decay value: -0.1"),
+        # torch checks eps before betas, betas before weight_decay
+        (dict(eps=-1.0, betas=(1.0, 0.9)), "Invalid epsilon value: -1.0"),
+        (dict(betas=(1.0, 0.9), weight_decay=-1.0), "Invalid beta parameter at index 0: 1.0"),
+    ],
+)
+def test_errors_match_torch_wording(kwargs, message):
+    with pytest.raises(ValueError, match="^" + message + "$"):
+        radam(**kwargs)
+    with pytest.raises(ValueError, match="^" + message + "$"):
+        TORCH_CLS([torch.zeros(2, requires_grad=True)], **kwargs)
+
+
+def test_float_and_array_betas_mix_like_torch():
+    """torch's RAdam (unlike Adam) accepts a float beside a 1-element tensor."""
+    TORCH_CLS([torch.zeros(2, requires_grad=True)], betas=(0.9, torch.tensor(0.99)))
+    radam(betas=(0.9, np.array(0.99)))
