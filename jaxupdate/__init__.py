@@ -15,11 +15,13 @@ from optax import apply_updates
 from jaxupdate import transforms
 from jaxupdate.optim import (
     adadelta,
+    adafactor,
     adagrad,
     adam,
     adamax,
     adamw,
     asgd,
+    muon,
     nadam,
     radam,
     rmsprop,
@@ -31,12 +33,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "adadelta",
+    "adafactor",
     "adagrad",
     "adam",
     "adamax",
     "adamw",
     "apply_updates",
     "asgd",
+    "muon",
     "nadam",
     "radam",
     "rmsprop",

@@ -1,10 +1,12 @@
 """torch.optim's optimizers, one module each, as optax transformations."""
 
 from jaxupdate.optim.adadelta import adadelta
+from jaxupdate.optim.adafactor import adafactor
 from jaxupdate.optim.adagrad import adagrad
 from jaxupdate.optim.adam import adam, adamw
 from jaxupdate.optim.adamax import adamax
 from jaxupdate.optim.asgd import asgd
+from jaxupdate.optim.muon import muon
 from jaxupdate.optim.nadam import nadam
 from jaxupdate.optim.radam import radam
 from jaxupdate.optim.rmsprop import rmsprop
@@ -13,11 +15,13 @@ from jaxupdate.optim.sgd import sgd
 
 __all__ = [
     "adadelta",
+    "adafactor",
     "adagrad",
     "adam",
     "adamax",
     "adamw",
     "asgd",
+    "muon",
     "nadam",
     "radam",
     "rmsprop",

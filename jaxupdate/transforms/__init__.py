@@ -1,5 +1,10 @@
 """Reusable building blocks (optax ``GradientTransformation``s) that the optimizers chain."""
 
+from jaxupdate.transforms.adafactor import (
+    TorchAdafactorState,
+    scale_by_torch_adafactor_step,
+    scale_by_torch_factored_rms,
+)
 from jaxupdate.transforms.adaptive import (
     TorchAdadeltaState,
     TorchAdagradState,
@@ -12,6 +17,7 @@ from jaxupdate.transforms.adaptive import (
     torch_rprop,
 )
 from jaxupdate.transforms.asgd import TorchASGDState, torch_asgd
+from jaxupdate.transforms.checks import reject_complex, require_matrices
 from jaxupdate.transforms.common import (
     CountState,
     add_weight_decay,
@@ -29,6 +35,12 @@ from jaxupdate.transforms.moments import (
     scale_by_torch_rms,
 )
 from jaxupdate.transforms.momentum import TorchMomentumState, torch_momentum
+from jaxupdate.transforms.muon import (
+    TorchMuonState,
+    scale_by_muon_lr,
+    scale_by_torch_muon,
+    zeropower_via_newtonschulz,
+)
 from jaxupdate.transforms.nadam_radam import (
     TorchNAdamState,
     TorchRAdamState,
@@ -38,6 +50,15 @@ from jaxupdate.transforms.nadam_radam import (
 )
 
 __all__ = [
+    "TorchAdafactorState",
+    "TorchMuonState",
+    "reject_complex",
+    "require_matrices",
+    "scale_by_muon_lr",
+    "scale_by_torch_adafactor_step",
+    "scale_by_torch_factored_rms",
+    "scale_by_torch_muon",
+    "zeropower_via_newtonschulz",
     "TorchASGDState",
     "TorchNAdamState",
     "TorchRAdamState",

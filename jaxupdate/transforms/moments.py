@@ -21,7 +21,8 @@ def lerp(start, end, weight):
     if is_number(weight):
         if abs(weight) < 0.5:
             return start + cast(weight, start) * (end - start)
-        return end - (end - start) * cast(1.0 - weight, start)
+        # the kernel casts the weight to the dtype first, then takes 1 - w in that dtype
+        return end - (end - start) * (1 - cast(weight, start))
     w = cast(weight, start)
     small = start + w * (end - start)
     large = end - (end - start) * (1 - w)

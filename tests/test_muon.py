@@ -1,0 +1,259 @@
+"""Parity of muon with torch.optim.Muon: bfloat16 Newton-Schulz, state, forms and errors."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from torch.optim._muon import _zeropower_via_newtonschulz as torch_newtonschulz
+from torch.testing._internal import common_optimizers as co
+
+import jaxupdate as ju
+from jaxupdate.optim.muon import muon
+from jaxupdate.transforms.muon import TorchMuonState, zeropower_via_newtonschulz
+from tests.parity import (
+    TOL,
+    TORCH_ONLY_KWARGS,
+    assert_parity,
+    problem,
+    rel_err,
+    run_jax,
+    run_torch,
+    to_jax_kwargs,
+)
+
+# Muon takes matrices only: wide, tall (transposed inside Newton-Schulz) and square ones.
+SHAPES = ((3, 4), (5, 3), (4, 4))
+
+# Tolerance. Newton-Schulz runs in bfloat16, but each of its operations is reproduced rounding
+# for rounding (bfloat16 products accumulated in float32 and rounded once; addmm's
+# beta * C + alpha * A @ B as torch's fused multiply-add, rounded once), and on small matrices
+# the float32 accumulations are exact, so our bfloat16 iterates are bit-identical to torch's
+# (test_newtonschulz_bit_exact; 0 of 2,600 random inputs of up to 6x6 differ) and the parameters
+# agree to rounding: measured worst 1.2e-15 (float64) and 1e-10 (float32) relative over torch's
+# table and the grid below. Hence the standard tolerance tests.parity.TOL, not a bfloat16 one.
+
+
+def _torch_table():
+    return [
+        pytest.param(oi.kwargs, id=oi.desc.replace(" ", "_"))
+        for oi in co.optim_inputs_func_muon(device="cpu", dtype=torch.float64)
+    ]
+
+
+@pytest.mark.parametrize("kwargs", _torch_table())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_torch_table(kwargs, dtype):
+    assert_parity(torch.optim.Muon, muon, kwargs, dtype, shapes=SHAPES)
+
+
+# Each option at a non-default value at least once, in combination.
+GRID = [
+    dict(lr=0.02, nesterov=False),
+    dict(lr=0.02, adjust_lr_fn="original", momentum=0.0),
+    dict(lr=0.02, adjust_lr_fn="match_rms_adamw", weight_decay=0.0),
+    dict(lr=0.02, adjust_lr_fn="match_rms_adamw", nesterov=False, momentum=0.5, eps=0.5),
+    dict(lr=0.05, ns_steps=1, weight_decay=0.3),
+    dict(lr=0.05, ns_steps=0, ns_coefficients=(3.0, -3.2, 1.2), eps=1e-3),
+]
+
+
+@pytest.mark.parametrize("kwargs", GRID, ids=[str(kw).replace(" ", "") for kw in GRID])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_option_grid(kwargs, dtype):
+    assert_parity(torch.optim.Muon, muon, kwargs, dtype, steps=30, shapes=SHAPES)
+
+
+# Larger matrices. The addmm epilogue is reproduced exactly (one fused rounding), but a matrix
+# product of k > ~16 bfloat16 terms rounds its float32 partial sums, and the summation order of
+# torch's oneDNN GEMM is not XLA's (nor is XLA's own the same inside and outside jit); a last-bit
+# float32 difference flips a bfloat16 rounding in about 1 element in 1000 of a product, and
+# the iteration spreads such one-ulp (2**-8 relative) flips, so the orthogonalized update
+# differs from torch's by a few bfloat16 ulps on some elements (measured: 3 of 10 random
+# 64x48 inputs give any difference, worst 1.5% of the largest element). Each step moves the
+# parameters by lr * ratio * O, so the trajectory error is bfloat16 rounding times the step
+# size: measured 4.8e-5 relative (float64 and float32) after 20 steps at lr=0.02 on these
+# shapes. 3e-4 leaves a 6x margin and is still ~50x below the relative size of one step
+# (lr * ratio * |O| / |param| ~ 1.5e-2), so a wrong coefficient, transposition, lr adjustment
+# or momentum form fails it.
+BIG_SHAPES = ((64, 48), (32, 96))
+BF16_TOL = 3e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_larger_matrices_within_bfloat16_rounding(dtype):
+    params, grads = problem(dtype, 20, shapes=BIG_SHAPES)
+    kwargs = dict(lr=0.02, adjust_lr_fn="match_rms_adamw")
+    t_traj = run_torch(torch.optim.Muon, kwargs, params, grads, dtype)
+    j_traj = run_jax(muon(**kwargs), params, grads, dtype)
+    err = rel_err(j_traj, t_traj)
+    assert err <= BF16_TOL, err
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (4, 3), (5, 5), (2, 6), (6, 2), (6, 6)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_newtonschulz_bit_exact(shape, dtype):
+    """Identical bfloat16 operation order: bit-identical iterates on small matrices (where the
+    float32 accumulations of the products are exact, so their summation order cannot matter)."""
+    rng = np.random.default_rng(sum(shape))
+    coefficients = (3.4445, -4.7750, 2.0315)
+    ns = jax.jit(zeropower_via_newtonschulz, static_argnums=(1, 2, 3))
+    for _ in range(4):
+        g = rng.standard_normal(shape)
+        ref = torch_newtonschulz(torch.tensor(g, dtype=dtype), coefficients, 5, 1e-7)
+        ours = ns(jnp.asarray(g, {torch.float64: jnp.float64}.get(dtype, jnp.float32)),
+                  coefficients, 5, 1e-7)
+        assert ours.dtype == jnp.bfloat16 and ours.shape == shape
+        np.testing.assert_array_equal(np.asarray(ours.astype(jnp.float32)), ref.float().numpy())
+
+
+def test_schedules_and_arrays():
+    dtype = torch.float64
+    params, grads = problem(dtype, 20, shapes=SHAPES)
+
+    def sched(count):
+        return 0.03 * 0.9 ** count
+
+    t_traj = run_torch(torch.optim.Muon, dict(lr=0.03), params, grads, dtype, lr_at=sched)
+    j_traj = run_jax(muon(lr=sched), params, grads, dtype)
+    assert rel_err(j_traj, t_traj) <= TOL[dtype]
+    # float64 1-element arrays are Python floats
+    kwargs = dict(lr=0.02, weight_decay=0.2, momentum=0.8, eps=1e-3)
+    t_traj = run_torch(torch.optim.Muon, kwargs, params, grads, dtype)
+    arrays = {k: np.array([v]) for k, v in kwargs.items()}
+    j_traj = run_jax(muon(**arrays, ns_coefficients=(np.array(3.4445), -4.775, 2.0315)),
+                     params, grads, dtype)
+    assert rel_err(j_traj, t_traj) <= TOL[dtype]
+
+
+def test_state_matches_torch_and_jit_without_retrace():
+    dtype = torch.float64
+    params, grads = problem(dtype, 6, shapes=SHAPES)
+    tp = [torch.tensor(p).requires_grad_() for p in params]
+    opt = torch.optim.Muon(tp, lr=0.02)
+    for g in grads:
+        for t, gg in zip(tp, g, strict=True):
+            t.grad = torch.tensor(gg)
+        opt.step()
+    tx = muon(lr=0.02)
+    jp = [jnp.asarray(p) for p in params]
+    state = tx.init(jp)
+    traces = []
+
+    @jax.jit
+    def step(g, s, p):
+        traces.append(None)
+        u, s = tx.update(g, s, p)
+        return ju.apply_updates(p, u), s
+
+    for g in grads:
+        jp, state = step([jnp.asarray(x) for x in g], state, jp)
+    assert len(traces) == 1
+    (ms,) = [s for s in state if isinstance(s, TorchMuonState)]
+    for ours, t in zip(ms.momentum_buffer, tp, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(ours), opt.state[t]["momentum_buffer"].numpy(), rtol=1e-14, atol=0
+        )
+    assert all(x.dtype == jnp.float64 for x in jp)
+
+
+def test_defaults_match_torch():
+    t_params = [
+        p
+        for p in inspect.signature(torch.optim.Muon.__init__).parameters.values()
+        if p.name not in ("self", "params", *TORCH_ONLY_KWARGS)
+    ]
+    j_params = list(inspect.signature(muon).parameters.values())
+    assert [p.name for p in j_params] == [p.name for p in t_params]
+    for tp, jp in zip(t_params, j_params, strict=True):
+        assert tp.kind == jp.kind, tp.name
+        assert tp.default == jp.default, (tp.name, tp.default, jp.default)
+
+
+def _error_cases():
+    return [
+        pytest.param(e, id=e.optimizer_error_input.desc.replace(" ", "_"))
+        for e in co.optim_error_inputs_func_muon(device="cpu", dtype=torch.float64)
+    ]
+
+
+def _as_jax_params(params):
+    """torch's list of distinct plain tensors as a list of arrays, else None (torch-only API)."""
+    if not isinstance(params, list) or not all(type(p) is torch.Tensor for p in params):
+        return None
+    if len({id(p) for p in params}) != len(params):
+        return None
+    return [jnp.asarray(p.detach().numpy()) for p in params]
+
+
+@pytest.mark.parametrize("err", _error_cases())
+def test_torch_error_table(err):
+    """torch's optim_error_inputs_func_muon: same exception type and message.
+
+    Hyperparameter errors come from ``muon(...)``; torch's errors about the parameters
+    (non-matrices at construction, complex ones at the first step) from ``init``, the first
+    time a transformation sees the parameters, and from ``update``.
+    """
+    oi = err.optimizer_error_input
+    if any(k in oi.kwargs for k in TORCH_ONLY_KWARGS):
+        pytest.skip("about torch kernel choices, not the mathematics")
+    jparams = None if oi.params is None else _as_jax_params(oi.params)
+    if oi.params is not None and jparams is None:
+        pytest.skip("about torch's `params` argument (groups, names, duplicates)")
+    try:
+        tx = muon(**to_jax_kwargs(oi.kwargs))
+    except err.error_type as e:
+        assert err.error_on == co.OptimizerErrorEnum.CONSTRUCTION_ERROR
+        assert re.search(err.error_regex, str(e))
+    else:
+        if jparams is None:
+            pytest.fail(f"muon({oi.kwargs}) did not raise {err.error_type.__name__}")
+        with pytest.raises(err.error_type, match=err.error_regex):
+            tx.init(jparams)
+        state = tx.init([jnp.zeros((2, 3), jnp.float32) for _ in jparams])
+        with pytest.raises(err.error_type, match=err.error_regex):
+            tx.update(jparams, state, jparams)
+    # and torch agrees on this input, at construction or at the first step
+    t_params = oi.params if oi.params is not None else [torch.zeros(2, 2, requires_grad=True)]
+    with pytest.raises(err.error_type, match=err.error_regex):
+        torch.optim.Muon(t_params, **oi.kwargs).step()
+
+
+@pytest.mark.parametrize(
+    "kwargs,message,torch_on_step",
+    [
+        (dict(lr=-0.1), "Learning rate should be >= 0 but is: -0.1", False),
+        (dict(momentum=-0.5), "momentum should be >= 0 but is: -0.5", False),
+        (dict(weight_decay=-1.0), "weight decay should be >= 0 but is: -1.0", False),
+        (dict(adjust_lr_fn="x"), "Adjust learning rate function x is not supported", False),
+        (dict(lr=np.array([1e-3, 1e-3])), "Tensor lr must be 1-element", False),
+        # torch raises these two from step(); a transformation reports them when built
+        (dict(ns_steps=100),
+         "Number of steps must be less than 100 for computational efficiency", True),
+        (dict(ns_coefficients=(1.0, 2.0)),
+         "Coefficients must be a tuple of exactly 3 values", True),
+    ],
+)
+def test_errors_match_torch_wording(kwargs, message, torch_on_step):
+    with pytest.raises(ValueError, match="^" + message + "$"):
+        muon(**kwargs)
+    t_kwargs = {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+    p = torch.zeros(2, 2, requires_grad=True)
+    with pytest.raises(ValueError, match="^" + message + "$"):
+        opt = torch.optim.Muon([p], **t_kwargs)
+        assert torch_on_step
+        p.grad = torch.ones(2, 2)
+        opt.step()
+
+
+def test_non_matrix_message():
+    """torch's wording, with the array's shape where torch prints ``torch.Size([...])``."""
+    tx = muon()
+    with pytest.raises(ValueError, match=r"^Muon only supports 2D parameters whereas we found "
+                       r"a parameter with size: \(4,\)$"):
+        tx.init({"w": jnp.ones((2, 2)), "b": jnp.ones(4)})
