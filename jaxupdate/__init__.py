@@ -12,7 +12,16 @@
 
 from optax import apply_updates
 
-from jaxupdate import transforms
+from jaxupdate import swa_utils, transforms
+from jaxupdate.accumulate import accumulate_grads
+from jaxupdate.clip_grad import (
+    clip_grad_norm,
+    clip_grad_norm_,
+    clip_grad_value,
+    clip_grad_value_,
+    clip_grads_with_norm_,
+    get_total_norm,
+)
 from jaxupdate.optim import (
     adadelta,
     adafactor,
@@ -32,6 +41,14 @@ from jaxupdate.optim import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "accumulate_grads",
+    "clip_grad_norm",
+    "clip_grad_norm_",
+    "clip_grad_value",
+    "clip_grad_value_",
+    "clip_grads_with_norm_",
+    "get_total_norm",
+    "swa_utils",
     "adadelta",
     "adafactor",
     "adagrad",
