@@ -12,7 +12,7 @@
 
 from optax import apply_updates
 
-from jaxupdate import swa_utils, transforms
+from jaxupdate import lr_scheduler, swa_utils, transforms
 from jaxupdate.accumulate import accumulate_grads
 from jaxupdate.clip_grad import (
     clip_grad_norm,
@@ -48,6 +48,7 @@ __all__ = [
     "clip_grad_value_",
     "clip_grads_with_norm_",
     "get_total_norm",
+    "lr_scheduler",
     "swa_utils",
     "adadelta",
     "adafactor",

@@ -1,0 +1,273 @@
+"""The schedule shared by every scheduler: a function of ``count`` and torch's chainable step.
+
+A torch scheduler mutates ``param_group["lr"]``: most of them multiply the group's *current* lr
+by a factor (``get_lr``'s "chainable form"), a few compute it from ``base_lr`` alone. A
+:class:`Schedule` carries both views of the same sequence:
+
+- ``schedule(count)``: the lr the group holds after ``count`` calls of ``scheduler.step()``, as a
+  pure, jittable function of ``count``. It uses a closed form where that form equals torch's
+  recursive sequence to rounding (measured in ``tests/test_lr_scheduler.py``), and otherwise
+  iterates torch's recursion with ``lax.fori_loop`` (MultiplicativeLR, some compositions).
+- ``schedule.step(lr, count)``: torch's ``scheduler.step()`` itself, the group's new lr from its
+  current ``lr`` when ``last_epoch`` becomes ``count``. :func:`inject_hyperparams` keeps the lr in
+  the optimizer state and applies this once per update: O(1) per step, torch's exact recursion,
+  and an lr set by hand (torch's ``group["lr"] = x``) is carried on from, as in torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxupdate._hparams import is_number, is_schedule, normalize, scalar_dtype
+from jaxupdate.optim._base import check
+
+
+def as_count(count) -> jax.Array:
+    """The step count (torch's ``last_epoch``) as a scalar of JAX's default int type.
+
+    int64 under ``jax_enable_x64``, so that user functions of it (``lr_lambda``, ``scale_fn``)
+    compute in float64 like torch's Python ints do: ``1 / (1 + e)`` on an int32 is float32.
+    """
+    return jnp.asarray(count, dtype=jax.dtypes.canonicalize_dtype(jnp.int64))
+
+
+def as_float(x) -> jax.Array:
+    """A scalar in the schedule dtype (float64 under ``jax_enable_x64``, like torch's floats)."""
+    return jnp.asarray(x, scalar_dtype())
+
+
+def div(a, b):
+    """``a / b`` with ``b`` hidden from XLA's algebraic simplifier.
+
+    XLA rewrites a division by a constant as a multiplication by its reciprocal (and
+    reassociates ``(pi * t) / T`` into ``t * (pi / T)``), one rounding more than torch's
+    Python division: ``1 - 800 * (1 / 800)`` is ``-1.1e-16``, not 0, and PolynomialLR's
+    ``(1 - t / total_iters) ** power`` turns into NaN. An optimization barrier on the divisor
+    keeps the division as written; it costs nothing and is transparent to ``grad``/``vmap``.
+    """
+    return a / lax.optimization_barrier(as_float(b))
+
+
+def unfused(x):
+    """``x`` rounded on its own before it is added to something.
+
+    XLA:CPU fuses ``a * b + c`` into one fused multiply-add (one rounding; measured: 24% of
+    random float64 triples differ from Python's ``a * b + c``), while torch's schedulers do
+    that arithmetic in Python, rounding the product first. LLVM fuses only a product with a
+    single use, and folds selects it can prove redundant; this select gives the product
+    other uses and cannot be folded. It changes nothing below half the dtype's largest
+    value (beyond, the value overflows to inf, which no learning rate or momentum reaches).
+    """
+    x = jnp.asarray(x)
+    return jnp.where(jnp.abs(x) > jnp.finfo(x.dtype).max / 2, x * 2.0, x)
+
+
+def check_base_lr(lr):
+    """The optimizer's initial lr: a number or a 1-element array, ``lr >= 0`` as torch checks it."""
+    if is_schedule(lr):
+        raise TypeError(
+            "lr is the optimizer's initial learning rate (a float or a 1-element array), "
+            f"got a schedule {lr!r}; to compose schedules use sequential_lr / chained_scheduler"
+        )
+    lr_n = normalize(lr, "lr")
+    check(lr_n, lambda v: 0.0 <= v, f"Invalid learning rate: {lr}")
+    return lr_n
+
+
+def one_group(value, name: str, what: str = "values"):
+    """torch's ``_format_param`` for a single parameter group: a value or a 1-element list."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise ValueError(
+                f"{name} must have the same length as optimizer.param_groups. "
+                f"{name} has {len(value)} {what}, param_groups has 1."
+            )
+        return value[0]
+    return value
+
+
+def same_value(a, b) -> bool:
+    """Whether two initial lrs are the same (unknown values, e.g. traced arrays, pass)."""
+    if a is b or a is None or b is None:
+        return True
+    try:
+        return float(a) == float(b)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return True
+
+
+class Schedule:
+    """A torch learning-rate scheduler as a pure function of the step count.
+
+    ``schedule(count)`` is the lr torch's optimizer holds after ``count`` calls of
+    ``scheduler.step()`` (``count = 0``: right after construction). Pass it wherever a
+    jaxupdate optimizer takes ``lr``; the optimizer evaluates it at the number of updates
+    already applied, which is torch's ``optimizer.step(); scheduler.step()`` loop.
+
+    ``schedule.step(lr, count)`` is torch's chainable ``scheduler.step()``: the group's new lr
+    from its current ``lr`` when ``last_epoch`` becomes ``count`` (``count >= 1``).
+    ``schedule.momentum`` is the momentum (or Adam beta1) schedule of CyclicLR / OneCycleLR with
+    ``cycle_momentum=True``, else ``None``.
+    """
+
+    #: torch's class name, used in error messages.
+    torch_name = "LRScheduler"
+    #: the optimizer's initial lr (torch's ``base_lrs[0]``), None where the schedule sets it.
+    lr: Any = None
+    #: momentum / beta1 schedule (CyclicLR, OneCycleLR with ``cycle_momentum=True``).
+    momentum: Optional["Schedule"] = None
+    #: the step ignores the group's lr (LambdaLR, CyclicLR, OneCycleLR, warm restarts).
+    absolute = False
+
+    def __call__(self, count) -> jax.Array:
+        t = as_count(count)
+        out = self._closed(t)
+        if out is None:
+            out = self._iterate(t)
+        return jnp.reshape(as_float(out), ())
+
+    def step(self, lr, count) -> jax.Array:
+        """torch's ``scheduler.step()``: group lr ``lr`` -> new lr, ``last_epoch`` -> ``count``."""
+        return jnp.reshape(as_float(self._next(as_float(lr), as_count(count))), ())
+
+    # --- what each scheduler defines -------------------------------------------------------
+    def _first(self, lr):
+        """The constructor's initial step (``last_epoch = 0``) on a group holding ``lr``."""
+        return lr
+
+    def _next(self, lr, t):
+        """``get_lr`` at ``last_epoch = t >= 1`` on a group holding ``lr``."""
+        raise NotImplementedError
+
+    def _restart(self, lr):
+        """SequentialLR at a milestone: ``_update_lr(0)``, torch's closed form at epoch 0."""
+        raise NotImplementedError(
+            f"{self.torch_name} cannot be restarted by SequentialLR at a milestone "
+            "(torch raises NotImplementedError there)"
+        )
+
+    def _closed(self, t):
+        """Closed form of the standalone sequence where it equals torch's recursion, else None."""
+        return None
+
+    def _segment(self, t):
+        """Closed form of the sequence SequentialLR starts with ``_restart``, else None."""
+        return self._closed(t)
+
+    def _factor(self, t):
+        """Cumulative factor ``lr_t / lr`` for schedulers whose step multiplies, else None."""
+        return None
+
+    # --- generic machinery -------------------------------------------------------------------
+    def _iterate(self, t):
+        """torch's recursion itself: the initial step, then ``t`` chainable steps."""
+        lr0 = as_float(self._first(as_float(self.lr)))
+        return lax.fori_loop(1, t + 1, lambda k, lr: as_float(self._next(lr, k)), lr0)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in getattr(self, "_repr_args", {}).items())
+        return f"{type(self).__name__}({args})"
+
+
+class FunctionSchedule(Schedule):
+    """A schedule that is a function of ``count`` only (momentum of CyclicLR / OneCycleLR)."""
+
+    absolute = True
+
+    def __init__(self, fn: Callable[[jax.Array], Any], name: str):
+        self._fn = fn
+        self.torch_name = name
+        self._repr_args = {"of": name}
+
+    def _closed(self, t):
+        return self._fn(t)
+
+    def _first(self, lr):
+        return self._fn(as_count(0))
+
+    def _next(self, lr, t):
+        return self._fn(t)
+
+    def _restart(self, lr):
+        return self._fn(as_count(0))
+
+
+class PerEpoch(Schedule):
+    """``schedule`` stepped once every ``steps_per_epoch`` updates; see :func:`per_epoch`."""
+
+    def __init__(self, schedule: Schedule, steps_per_epoch: int):
+        self.inner = schedule
+        self.steps_per_epoch = steps_per_epoch
+        self.lr = schedule.lr
+        self.torch_name = schedule.torch_name
+        # between epoch boundaries the group keeps whatever lr it holds
+        self.absolute = schedule.absolute and steps_per_epoch == 1
+        if schedule.momentum is not None:
+            self.momentum = PerEpoch(schedule.momentum, steps_per_epoch)
+        self._repr_args = {"schedule": schedule, "steps_per_epoch": steps_per_epoch}
+
+    def _epoch(self, t):
+        return t // self.steps_per_epoch
+
+    def __call__(self, count):
+        return self.inner(self._epoch(as_count(count)))
+
+    def _closed(self, t):
+        return self.inner(self._epoch(t))
+
+    def _first(self, lr):
+        return self.inner._first(lr)
+
+    def _next(self, lr, t):
+        # the scheduler steps at the epoch boundary only; in between the group keeps its lr
+        epoch = jnp.maximum(self._epoch(t), 1)
+        return jnp.where(t % self.steps_per_epoch == 0, self.inner._next(lr, epoch), lr)
+
+    def _restart(self, lr):
+        return self.inner._restart(lr)
+
+    def _segment(self, t):
+        return self.inner._segment(self._epoch(t))
+
+    def _factor(self, t):
+        return self.inner._factor(self._epoch(t))
+
+
+def per_epoch(schedule: Schedule, steps_per_epoch: int) -> Schedule:
+    """A schedule that torch steps once per epoch, driven by the per-update ``count``.
+
+    torch steps epoch-wise schedulers after the inner loop::
+
+        for epoch in range(epochs):
+            for x, y in loader:                 # steps_per_epoch batches
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+            scheduler.step()                    # once per epoch
+
+    jaxupdate optimizers evaluate their lr at the number of updates applied, so the same
+    schedule becomes ``per_epoch(schedule, steps_per_epoch)``, whose value at update ``count``
+    is ``schedule(count // steps_per_epoch)``::
+
+        tx = ju.sgd(lr=per_epoch(step_lr(0.1, step_size=30), steps_per_epoch=len(loader)))
+
+    A per-iteration scheduler (torch's ``scheduler.step()`` inside the batch loop, e.g.
+    OneCycleLR) is passed as it is. The momentum schedule is wrapped too
+    (``per_epoch(s, n).momentum``).
+
+    Args:
+      schedule: a jaxupdate schedule (any of this package's schedulers).
+      steps_per_epoch: number of optimizer updates per epoch, a positive int.
+    """
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"per_epoch expects a jaxupdate lr_scheduler schedule, got {schedule!r}")
+    if (
+        not is_number(steps_per_epoch)
+        or int(steps_per_epoch) != steps_per_epoch
+        or (steps_per_epoch <= 0)
+    ):
+        raise ValueError(f"Expected positive integer steps_per_epoch, but got {steps_per_epoch}")
+    return PerEpoch(schedule, int(steps_per_epoch))
