@@ -12,7 +12,7 @@
 
 from optax import apply_updates
 
-from jaxupdate import lr_scheduler, swa_utils, transforms
+from jaxupdate import interop, lr_scheduler, swa_utils, transforms
 from jaxupdate.accumulate import accumulate_grads
 from jaxupdate.clip_grad import (
     clip_grad_norm,
@@ -22,6 +22,7 @@ from jaxupdate.clip_grad import (
     clip_grads_with_norm_,
     get_total_norm,
 )
+from jaxupdate.interop import load_torch_state_dict, torch_state_dict
 from jaxupdate.optim import (
     adadelta,
     adafactor,
@@ -37,6 +38,7 @@ from jaxupdate.optim import (
     rprop,
     sgd,
 )
+from jaxupdate.param_groups import param_groups
 
 __version__ = "0.1.0"
 
@@ -48,6 +50,10 @@ __all__ = [
     "clip_grad_value_",
     "clip_grads_with_norm_",
     "get_total_norm",
+    "interop",
+    "load_torch_state_dict",
+    "param_groups",
+    "torch_state_dict",
     "lr_scheduler",
     "swa_utils",
     "adadelta",

@@ -5,11 +5,13 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
+from jaxupdate._described import described
 from jaxupdate._hparams import is_static_zero, normalize
 from jaxupdate.optim._base import assemble, check, check_lr, check_nonneg
 from jaxupdate.transforms.adaptive import scale_by_torch_adadelta
 
 
+@described
 def adadelta(
     lr=1.0,
     rho=0.9,

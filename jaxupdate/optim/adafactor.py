@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import optax
 
+from jaxupdate._described import described
 from jaxupdate._hparams import normalize
 from jaxupdate.optim._base import check
 from jaxupdate.transforms.adafactor import (
@@ -20,6 +21,7 @@ def _check_float(value, name: str, ok, message: str):
     return v
 
 
+@described
 def adafactor(
     lr=1e-2,
     beta2_decay=-0.8,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
+from jaxupdate._described import described
 from jaxupdate._hparams import is_static_zero
 from jaxupdate.optim._base import assemble, check_lr, check_nonneg
 from jaxupdate.transforms.adaptive import torch_adagrad
 
 
+@described
 def adagrad(
     lr=1e-2,
     lr_decay=0,

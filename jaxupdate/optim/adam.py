@@ -5,6 +5,7 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
+from jaxupdate._described import described
 from jaxupdate._hparams import is_static_zero
 from jaxupdate.optim._base import assemble, check_betas, check_lr, check_nonneg
 
@@ -24,6 +25,7 @@ def _adam_chain(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weigh
     )
 
 
+@described
 def adam(
     lr=1e-3,
     betas=(0.9, 0.999),
@@ -74,6 +76,7 @@ def adam(
     return _adam_chain(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay)
 
 
+@described
 def adamw(
     lr=1e-3,
     betas=(0.9, 0.999),

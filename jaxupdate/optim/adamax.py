@@ -5,11 +5,13 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
+from jaxupdate._described import described
 from jaxupdate._hparams import is_static_zero, normalize
 from jaxupdate.optim._base import assemble, check, check_lr, check_nonneg
 from jaxupdate.transforms.adaptive import torch_adamax
 
 
+@described
 def adamax(
     lr=2e-3,
     betas=(0.9, 0.999),

@@ -6,11 +6,13 @@ import jax
 import optax
 
 from jaxupdate import transforms as T
+from jaxupdate._described import described
 from jaxupdate._hparams import is_static_zero, normalize
 from jaxupdate.optim._base import assemble, check_lr, check_nonneg
 from jaxupdate.transforms.asgd import TorchASGDState, torch_asgd
 
 
+@described
 def asgd(
     lr=1e-2,
     lambd=1e-4,

@@ -6,6 +6,7 @@ from typing import Optional
 
 import optax
 
+from jaxupdate._described import described
 from jaxupdate._hparams import normalize
 from jaxupdate.optim._base import check
 from jaxupdate.transforms.checks import reject_complex, require_matrices
@@ -20,6 +21,7 @@ from jaxupdate.transforms.muon import (
 )
 
 
+@described
 def muon(
     lr=1e-3,
     weight_decay=0.1,

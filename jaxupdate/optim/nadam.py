@@ -5,6 +5,7 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
+from jaxupdate._described import described
 from jaxupdate._hparams import is_static_zero, normalize
 from jaxupdate.optim._base import assemble, check, check_lr, check_nonneg
 from jaxupdate.transforms.nadam_radam import scale_by_torch_nadam
@@ -26,6 +27,7 @@ def check_betas_each(betas):
     return tuple(out)
 
 
+@described
 def nadam(
     lr=2e-3,
     betas=(0.9, 0.999),

@@ -5,12 +5,14 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
+from jaxupdate._described import described
 from jaxupdate._hparams import is_static_zero
 from jaxupdate.optim._base import assemble, check_lr, check_nonneg
 from jaxupdate.optim.nadam import check_betas_each
 from jaxupdate.transforms.nadam_radam import scale_by_torch_radam
 
 
+@described
 def radam(
     lr=1e-3,
     betas=(0.9, 0.999),

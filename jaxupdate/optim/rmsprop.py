@@ -5,10 +5,12 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
+from jaxupdate._described import described
 from jaxupdate._hparams import is_static_zero
 from jaxupdate.optim._base import assemble, check_lr, check_nonneg
 
 
+@described
 def rmsprop(
     lr=1e-2,
     alpha=0.99,

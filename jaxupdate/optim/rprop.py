@@ -5,11 +5,13 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
+from jaxupdate._described import described
 from jaxupdate._hparams import concrete, normalize
 from jaxupdate.optim._base import assemble, check_lr
 from jaxupdate.transforms.adaptive import torch_rprop
 
 
+@described
 def rprop(
     lr=1e-2,
     etas=(0.5, 1.2),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
+from jaxupdate._described import described
 from jaxupdate._hparams import concrete, is_static_zero, normalize
 from jaxupdate.optim._base import assemble, check_lr, check_nonneg
 
 
+@described
 def sgd(
     lr=1e-3,
     momentum=0.0,

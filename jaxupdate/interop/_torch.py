@@ -1,0 +1,48 @@
+"""torch, imported only when an interop function runs, and array <-> tensor conversions."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def torch():
+    """The ``torch`` module, imported now (jaxupdate itself never needs it)."""
+    try:
+        import torch as _torch
+    except ImportError as e:  # pragma: no cover - torch is a test dependency here
+        raise ImportError(
+            "jaxupdate.interop needs PyTorch: pip install 'jaxupdate[interop]'"
+        ) from e
+    return _torch
+
+
+def is_tensor(x) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
+def to_numpy(x) -> np.ndarray:
+    """A torch tensor, jax or numpy array as a numpy array (bfloat16 stays bfloat16)."""
+    if is_tensor(x):
+        t = x.detach().cpu()
+        if t.dtype == torch().bfloat16:
+            return np.asarray(jnp.asarray(t.float().numpy(), jnp.bfloat16))
+        return t.numpy()
+    return np.asarray(x)
+
+
+def to_tensor(x, dtype=None):
+    """A jax / numpy array as a torch tensor (a copy; bfloat16 through float32)."""
+    t = torch()
+    a = np.asarray(x)
+    if a.dtype == jnp.bfloat16:
+        out = t.from_numpy(np.array(a.astype(np.float32))).to(t.bfloat16)
+    else:
+        out = t.from_numpy(np.array(a))
+    return out if dtype is None else out.to(dtype)
+
+
+def scalar_dtype():
+    """torch's ``_get_scalar_dtype()``: the dtype of ``step`` and the other scalar state."""
+    t = torch()
+    return t.float64 if t.get_default_dtype() == t.float64 else t.float32
