@@ -31,12 +31,14 @@ from jaxupdate.optim import (
     adamax,
     adamw,
     asgd,
+    lbfgs,
     muon,
     nadam,
     radam,
     rmsprop,
     rprop,
     sgd,
+    sparse_adam,
 )
 from jaxupdate.param_groups import param_groups
 
@@ -64,11 +66,13 @@ __all__ = [
     "adamw",
     "apply_updates",
     "asgd",
+    "lbfgs",
     "muon",
     "nadam",
     "radam",
     "rmsprop",
     "rprop",
     "sgd",
+    "sparse_adam",
     "transforms",
 ]

@@ -212,7 +212,9 @@ def test_core_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-@pytest.mark.parametrize("script", ["seed_walkthrough.py", "flax_nnx_training.py"])
+@pytest.mark.parametrize(
+    "script", ["seed_walkthrough.py", "flax_nnx_training.py", "sparse_embedding.py"]
+)
 def test_examples_run_and_match_torch(script):
     """The examples exit 0 only when their jaxupdate result matches torch's."""
     out = subprocess.run(
