@@ -12,7 +12,7 @@
 
 from optax import apply_updates
 
-from jaxupdate import interop, lr_scheduler, swa_utils, transforms
+from jaxupdate import checkpoint, interop, lr_scheduler, sharding, swa_utils, transforms
 from jaxupdate.accumulate import accumulate_grads
 from jaxupdate.clip_grad import (
     clip_grad_norm,
@@ -46,6 +46,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "accumulate_grads",
+    "checkpoint",
     "clip_grad_norm",
     "clip_grad_norm_",
     "clip_grad_value",
@@ -72,6 +73,7 @@ __all__ = [
     "radam",
     "rmsprop",
     "rprop",
+    "sharding",
     "sgd",
     "sparse_adam",
     "transforms",
