@@ -4,12 +4,15 @@ torch is imported only when one of these functions runs; jaxupdate itself never 
 
 * :func:`load_torch_state_dict` / :func:`torch_state_dict`: a torch optimizer's
   ``state_dict()`` <-> the state of the equivalent jaxupdate transformation.
+* :func:`from_torch`: the jaxupdate transformation of a live torch optimizer (param groups,
+  state) and scheduler (position included).
 * :mod:`jaxupdate.interop.weights`: a torch module's parameters <-> pytrees in torch's order
   and names, and <-> flax ``nnx`` models (transposed ``Linear`` kernels, ``Conv`` layouts);
   ``.pt`` files through ``torch.load(weights_only=True)`` and safetensors files.
 """
 
 from jaxupdate.interop import weights
+from jaxupdate.interop.from_torch import from_torch
 from jaxupdate.interop.state_dict import (
     TORCH_OPTIMIZERS,
     TorchOptimizer,
@@ -24,6 +27,7 @@ from jaxupdate.interop.state_dict import (
 __all__ = [
     "TORCH_OPTIMIZERS",
     "TorchOptimizer",
+    "from_torch",
     "load_into_torch",
     "load_torch_state_dict",
     "opt_state_from_nnx",

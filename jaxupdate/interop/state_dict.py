@@ -245,7 +245,11 @@ _ALL_SCALAR_KEYS = tuple(
 )
 # param-group keys that choose torch kernels or belong to schedulers / named parameters
 _TORCH_ONLY_KEYS = ("foreach", "fused", "capturable", "differentiable")
-_IGNORED_GROUP_KEYS = ("params", "param_names", "initial_lr")
+# Keys torch's schedulers add to a param group (LRScheduler: initial_lr; CyclicLR / OneCycleLR:
+# max_lr, min_lr, base_momentum, max_momentum): scheduler state, not optimizer hyperparameters.
+_IGNORED_GROUP_KEYS = (
+    "params", "param_names", "initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum",
+)
 
 
 class _Group(NamedTuple):

@@ -1,0 +1,468 @@
+"""``from_torch(optimizer, scheduler=None)``: the jaxupdate twin of a live torch optimizer.
+
+A torch run is an optimizer (a class, param groups with their hyperparameters, per-parameter
+state) and maybe a scheduler (its arguments and its position, ``last_epoch``).
+:func:`from_torch` reads all of it and builds the equivalent jaxupdate transformation::
+
+    opt = torch.optim.SGD([{"params": body}, {"params": head, "lr": 0.01}], lr=0.1,
+                          momentum=0.9)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[0.1, 0.01], total_steps=1000)
+    ...                                          # torch trains for a while, then:
+    tx = ju.from_torch(opt, sched)
+    params = [jnp.asarray(p.detach().numpy()) for g in opt.param_groups for p in g["params"]]
+    state = tx.init(params)                      # torch's current state and position
+    for grads in ...:
+        updates, state = tx.update(grads, state, params)
+        params = ju.apply_updates(params, updates)
+
+The parameters are a pytree whose leaves, in ``jax.tree.leaves`` order, are the optimizer's
+parameters in param-group order (a list as above, or an ``OrderedDict`` from
+:func:`jaxupdate.interop.weights.weights_from_torch` when the optimizer got
+``model.parameters()``; for a flax nnx model give ``load_torch_state_dict`` a ``param_map``).
+
+What carries over:
+
+* the optimizer class (any of :data:`jaxupdate.interop.TORCH_OPTIMIZERS`), every param group
+  with its own hyperparameters (a tensor ``lr`` becomes an array), as
+  :func:`jaxupdate.param_groups.param_groups` groups;
+* the optimizer's state: ``tx.init(params)`` returns the state loaded from
+  ``optimizer.state_dict()`` as it was when ``from_torch`` was called (step counts, moment
+  buffers, ...; :func:`jaxupdate.interop.load_torch_state_dict` does the same from any
+  state_dict later), so continuing mid-run follows torch;
+* the scheduler (any class of ``torch.optim.lr_scheduler``, SequentialLR and
+  ChainedScheduler of them included): each group's lr becomes the matching
+  :mod:`jaxupdate.lr_scheduler` schedule, positioned at the scheduler's ``last_epoch``;
+  CyclicLR / OneCycleLR with ``cycle_momentum`` also schedule the group's ``momentum`` (or
+  Adam's ``betas[0]``). ReduceLROnPlateau becomes an injected
+  :func:`jaxupdate.lr_scheduler.reduce_lr_on_plateau` with torch's ``best``,
+  ``num_bad_epochs``, ``cooldown_counter``; pass the metric to every update,
+  ``tx.update(grads, state, params, value=metric)``, which applies it after that update as
+  ``optimizer.step(); scheduler.step(metric)`` does.
+
+The scheduler contract is torch's usual loop: ``scheduler.step()`` once after every
+``optimizer.step()``. A scheduler stepped once per epoch (after ``steps_per_epoch``
+optimizer steps) is ``from_torch(opt, sched, steps_per_epoch=len(loader))``, which wraps every
+schedule in :func:`jaxupdate.lr_scheduler.per_epoch`; convert at an epoch boundary (after
+``scheduler.step()``). ReduceLROnPlateau applies the metric at the update that receives
+``value=``: to step it once per epoch, hold its state aside and drive the lr with
+:func:`jaxupdate.lr_scheduler.set_hyperparams` (its ``init``/``step`` are pure functions).
+
+Limits: an lr set by hand in torch (``group["lr"] = x`` while a scheduler runs) is not seen
+(the schedule gives the scheduler's value; :func:`from_torch` warns when they differ);
+ReduceLROnPlateau's injected state cannot be exported back with ``torch_state_dict`` (the
+other schedulers' can).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxupdate.interop import _torch as T
+from jaxupdate.interop.state_dict import (
+    TORCH_OPTIMIZERS,
+    load_torch_state_dict,
+    optimizer_fn_for,
+)
+from jaxupdate.lr_scheduler import (
+    chained_scheduler,
+    constant_lr,
+    cosine_annealing_lr,
+    cosine_annealing_warm_restarts,
+    cyclic_lr,
+    exponential_lr,
+    inject_hyperparams,
+    lambda_lr,
+    linear_lr,
+    multi_step_lr,
+    multiplicative_lr,
+    one_cycle_lr,
+    per_epoch,
+    polynomial_lr,
+    reduce_lr_on_plateau,
+    sequential_lr,
+    step_lr,
+)
+from jaxupdate.lr_scheduler._base import Schedule, as_count, as_float
+from jaxupdate.param_groups import ParamGroupsState, param_groups
+
+_TORCH_ONLY = ("params", "foreach", "fused", "capturable", "differentiable")
+_SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum")
+
+
+# ---------------------------------------------------------------------------------------------
+# hyperparameters
+
+
+def _value(v):
+    """A param group value as jaxupdate takes it: tensors become arrays (also inside tuples)."""
+    if T.is_tensor(v):
+        return jnp.asarray(T.to_numpy(v))
+    if isinstance(v, tuple):
+        return tuple(_value(x) for x in v)
+    if isinstance(v, list):
+        return [_value(x) for x in v]
+    return v
+
+
+def _group_kwargs(fn, group: dict) -> dict:
+    sig = inspect.signature(fn)
+    return {k: _value(group[k]) for k in sig.parameters if k in group and k not in _TORCH_ONLY}
+
+
+# ---------------------------------------------------------------------------------------------
+# schedulers
+
+
+def _one_cycle(s, g: int, group: dict):
+    phases = s._schedule_phases
+    n = s.total_steps
+    pct = min(max((phases[0]["end_step"] + 1) / n, 0.0), 1.0)
+    momentum = getattr(s, "cycle_momentum", False)
+    out = one_cycle_lr(
+        group["max_lr"],
+        total_steps=n,
+        pct_start=float(pct),
+        anneal_strategy=getattr(s, "_anneal_func_type", "cos"),
+        cycle_momentum=momentum,
+        base_momentum=group.get("base_momentum", 0.85),
+        max_momentum=group.get("max_momentum", 0.95),
+        div_factor=group["max_lr"] / group["initial_lr"],
+        final_div_factor=group["initial_lr"] / group["min_lr"],
+        three_phase=len(phases) == 3,
+    )
+    # torch's own numbers, not values recomputed from recovered arguments
+    out.phases = [
+        (p["end_step"], p["start_lr"], p["end_lr"], p["start_momentum"], p["end_momentum"])
+        for p in phases
+    ]
+    out.values = {k: group[k] for k in ("max_lr", "initial_lr", "min_lr")}
+    if momentum:
+        out.values.update(max_momentum=group["max_momentum"],
+                          base_momentum=group["base_momentum"])
+    return out
+
+
+def _cyclic(s, g: int):
+    momentum = s.cycle_momentum
+    up = s.total_size * s.step_ratio
+    out = cyclic_lr(
+        s.base_lrs[g],
+        s.max_lrs[g],
+        step_size_up=up,
+        step_size_down=s.total_size - up,
+        mode=s.mode,
+        gamma=s.gamma,
+        scale_fn=s._scale_fn_custom,
+        scale_mode=s.scale_mode,
+        cycle_momentum=momentum,
+        base_momentum=s.base_momentums[g] if momentum else 0.8,
+        max_momentum=s.max_momentums[g] if momentum else 0.9,
+    )
+    out.total_size, out.step_ratio = s.total_size, s.step_ratio
+    return out
+
+
+def _schedule(s, g: int, group: dict) -> Schedule:
+    """The jaxupdate schedule of torch scheduler ``s`` for param group ``g`` (from step 0)."""
+    name = type(s).__name__
+    base = s.base_lrs[g] if hasattr(s, "base_lrs") else group.get("initial_lr", group["lr"])
+    if T.is_tensor(base):
+        base = float(base)
+    if name == "LambdaLR":
+        return lambda_lr(base, s.lr_lambdas[g])
+    if name == "MultiplicativeLR":
+        return multiplicative_lr(base, s.lr_lambdas[g])
+    if name == "StepLR":
+        return step_lr(base, s.step_size, s.gamma)
+    if name == "MultiStepLR":
+        return multi_step_lr(base, sorted(s.milestones.elements()), s.gamma)
+    if name == "ConstantLR":
+        return constant_lr(base, s.factor, s.total_iters)
+    if name == "LinearLR":
+        return linear_lr(base, s.start_factor, s.end_factor, s.total_iters)
+    if name == "ExponentialLR":
+        return exponential_lr(base, s.gamma)
+    if name == "PolynomialLR":
+        return polynomial_lr(base, s.total_iters, s.power)
+    if name == "CosineAnnealingLR":
+        return cosine_annealing_lr(base, s.T_max, s.eta_min)
+    if name == "CosineAnnealingWarmRestarts":
+        return cosine_annealing_warm_restarts(base, s.T_0, s.T_mult, s.eta_min)
+    if name == "CyclicLR":
+        return _cyclic(s, g)
+    if name == "OneCycleLR":
+        return _one_cycle(s, g, group)
+    if name == "SequentialLR":
+        initial = group.get("initial_lr", base)
+        return sequential_lr(
+            initial, [_schedule(c, g, group) for c in s._schedulers], list(s._milestones)
+        )
+    if name == "ChainedScheduler":
+        return chained_scheduler([_schedule(c, g, group) for c in s._schedulers])
+    if name == "ReduceLROnPlateau":
+        raise NotImplementedError(
+            "ReduceLROnPlateau inside SequentialLR / ChainedScheduler: torch does not allow it"
+        )
+    raise NotImplementedError(f"no jaxupdate schedule for torch scheduler {name}")
+
+
+class _Positioned(Schedule):
+    """``inner`` continued from torch's position: at update ``count`` (``count >= start``,
+    the optimizer's count when converted), the scheduler has stepped
+    ``epoch + (count - start) // steps_per_epoch`` times."""
+
+    def __init__(self, inner: Schedule, start: int, epoch: int, steps_per_epoch: int):
+        self.inner, self.start, self.epoch, self.every = inner, start, epoch, steps_per_epoch
+        self.lr, self.torch_name, self.absolute = inner.lr, inner.torch_name, inner.absolute
+        if inner.momentum is not None:
+            self.momentum = _Positioned(inner.momentum, start, epoch, steps_per_epoch)
+        self._repr_args = {"schedule": inner, "start": start, "last_epoch": epoch,
+                           "steps_per_epoch": steps_per_epoch}
+
+    def _at(self, count):
+        return self.epoch + (as_count(count) - self.start) // self.every
+
+    def __call__(self, count):
+        return self.inner(self._at(count))
+
+    def _closed(self, t):
+        return self.inner(self._at(t))
+
+    def _next(self, lr, t):
+        return self.inner._next(lr, self._at(t))
+
+
+def _last_epoch(s) -> int:
+    """torch's ``last_epoch`` (ChainedScheduler keeps none: its members all have the same)."""
+    if hasattr(s, "last_epoch"):
+        return int(s.last_epoch)
+    return _last_epoch(s._schedulers[-1])
+
+
+def _steps_taken(spec, entries: list) -> int:
+    """The count ``load_torch_state_dict`` gives a group with these torch state entries."""
+    filled = [e for e in entries if e]
+    if not filled:
+        return 0
+    if spec.has_step and spec.custom is None:
+        return int(float(np.asarray(T.to_numpy(filled[0]["step"])).reshape(())))
+    return 1
+
+
+def _entries(optimizer, state_dict: dict) -> list[list[dict]]:
+    out = []
+    for saved in state_dict["param_groups"]:
+        rows = []
+        for i in saved["params"]:
+            e = state_dict["state"].get(i)
+            rows.append({k: v for k, v in dict(e).items() if v is not None} if e else {})
+        out.append(rows)
+    return out
+
+
+def _spec(fn):
+    return TORCH_OPTIMIZERS[f"{fn.__module__}.{fn.__qualname__}"]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def from_torch(
+    optimizer,
+    scheduler=None,
+    *,
+    steps_per_epoch: Optional[int] = None,
+    load_state: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    """The jaxupdate transformation equivalent to a live torch optimizer (and scheduler).
+
+    Args:
+      optimizer: a ``torch.optim`` optimizer of a class in
+        :data:`jaxupdate.interop.TORCH_OPTIMIZERS` (all 15), with any param groups.
+      scheduler: optionally a ``torch.optim.lr_scheduler`` scheduler of ``optimizer`` (any
+        class, including SequentialLR, ChainedScheduler, ReduceLROnPlateau, CyclicLR /
+        OneCycleLR with momentum cycling), stepped once after every ``optimizer.step()``.
+      steps_per_epoch: the scheduler is stepped once per epoch, after this many optimizer
+        steps (torch's ``scheduler.step()`` after the batch loop): every schedule is wrapped
+        in :func:`jaxupdate.lr_scheduler.per_epoch`. Not for ReduceLROnPlateau.
+      load_state: ``tx.init(params)`` returns the torch optimizer's state as it is now
+        (``optimizer.state_dict()`` loaded with
+        :func:`jaxupdate.interop.load_torch_state_dict`); ``False``: a fresh state.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` over a pytree whose leaves, in
+      ``jax.tree.leaves`` order, are the optimizer's parameters in param-group order. It is a
+      :func:`jaxupdate.param_groups.param_groups` transformation (state
+      ``ParamGroupsState``, one entry per torch group), so
+      :func:`jaxupdate.interop.load_torch_state_dict` / ``torch_state_dict`` work with it
+      (not ``torch_state_dict`` with ReduceLROnPlateau, whose lr lives in an injected state).
+      With ReduceLROnPlateau, call ``tx.update(grads, state, params, value=metric)``.
+
+    Raises:
+      NotImplementedError: an optimizer or scheduler class jaxupdate does not have.
+      ValueError: the parameters given to ``init`` do not match the torch state.
+
+    Example::
+
+        >>> import torch, jax.numpy as jnp
+        >>> from jaxupdate.interop import from_torch
+        >>> w = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+        >>> opt = torch.optim.Adam([w], lr=0.1)
+        >>> sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        >>> w.grad = torch.ones(2, dtype=torch.float64); opt.step(); sched.step()
+        >>> tx = from_torch(opt, sched)
+        >>> params = [jnp.asarray(w.detach().numpy())]
+        >>> state = tx.init(params)                   # Adam's state after torch's step
+        >>> updates, state = tx.update([jnp.ones(2, jnp.float64)], state, params)
+        >>> w.grad = torch.ones(2, dtype=torch.float64); opt.step()
+        >>> bool(jnp.allclose(params[0] + updates[0], jnp.asarray(w.detach().numpy())))
+        True
+    """
+    fn = optimizer_fn_for(type(optimizer))
+    spec = _spec(fn)
+    if steps_per_epoch is not None and (
+        not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0
+    ):
+        raise ValueError(f"Expected positive integer steps_per_epoch, but got {steps_per_epoch}")
+    every = steps_per_epoch or 1
+    sd = optimizer.state_dict()
+    # keys torch's schedulers add to the groups (not optimizer hyperparameters)
+    sd = {**sd, "param_groups": [
+        {k: v for k, v in g.items() if k not in _SCHEDULER_KEYS} for g in sd["param_groups"]
+    ]}
+    entries = _entries(optimizer, sd)
+    groups = optimizer.param_groups
+    sizes = [len(g["params"]) for g in groups]
+    kwargs = [_group_kwargs(fn, g) for g in groups]
+    plateau = scheduler is not None and type(scheduler).__name__ == "ReduceLROnPlateau"
+    if scheduler is not None and getattr(scheduler, "optimizer", optimizer) is not optimizer:
+        raise ValueError("the scheduler belongs to another optimizer")
+
+    if scheduler is not None and not plateau:
+        epoch = _last_epoch(scheduler)
+        for g, (group, kw) in enumerate(zip(groups, kwargs)):
+            start = _steps_taken(spec, entries[g])
+            sched = _schedule(scheduler, g, group)
+            if steps_per_epoch is not None:
+                sched = per_epoch(sched, steps_per_epoch)
+                sched = _Positioned(sched, start, epoch * every, 1)
+            else:
+                sched = _Positioned(sched, start, epoch, 1)
+            _check_lr(sched, start, group, g)
+            kw["lr"] = sched
+            if sched.momentum is not None:
+                if "betas" in kw:
+                    kw["betas"] = (sched.momentum, *tuple(kw["betas"])[1:])
+                elif "momentum" in kw:
+                    kw["momentum"] = sched.momentum
+
+    if plateau:
+        if steps_per_epoch is not None:
+            raise ValueError(
+                "steps_per_epoch with ReduceLROnPlateau: pass value=metric at every update, or "
+                "drive the plateau by hand (jaxupdate.lr_scheduler.set_hyperparams)"
+            )
+        plain = _build(fn, kwargs, sizes)
+        inj_kwargs = []
+        for g, kw in enumerate(kwargs):
+            kw = dict(kw)
+            kw["lr"] = reduce_lr_on_plateau(
+                float(T.to_numpy(groups[g]["lr"])) if T.is_tensor(groups[g]["lr"])
+                else groups[g]["lr"],
+                mode=scheduler.mode,
+                factor=scheduler.factor,
+                patience=scheduler.patience,
+                threshold=scheduler.threshold,
+                threshold_mode=scheduler.threshold_mode,
+                cooldown=scheduler.cooldown,
+                min_lr=scheduler.min_lrs[g],
+                eps=scheduler.eps,
+            )
+            inj_kwargs.append(kw)
+        tx = _build(inject_hyperparams(fn), inj_kwargs, sizes)
+        torch_pos = dict(
+            best=scheduler.best,
+            num_bad_epochs=scheduler.num_bad_epochs,
+            cooldown_counter=scheduler.cooldown_counter,
+            last_epoch=scheduler.last_epoch,
+        )
+
+        def init_fn(params):
+            state = tx.init(params)
+            inner = plain.init(params)
+            if load_state and sd["state"]:
+                inner = load_torch_state_dict(plain, sd, params, strict=False)
+            new = []
+            for st, inn in zip(state.groups, inner.groups):
+                ps = st.hyperparams_states["lr"]
+                ps = ps._replace(
+                    best=as_float(torch_pos["best"]),
+                    num_bad_epochs=jnp.asarray(torch_pos["num_bad_epochs"], jnp.int32),
+                    cooldown_counter=jnp.asarray(torch_pos["cooldown_counter"], jnp.int32),
+                    last_epoch=jnp.asarray(torch_pos["last_epoch"], ps.last_epoch.dtype),
+                )
+                hs = {**st.hyperparams_states, "lr": ps}
+                new.append(st._replace(hyperparams_states=hs, inner_state=inn))
+            return ParamGroupsState(tuple(new))
+
+        return optax.GradientTransformationExtraArgs(init_fn, tx.update)
+
+    tx = _build(fn, kwargs, sizes)
+    if not load_state or not sd["state"]:
+        return tx  # torch keeps no state before the first step (Adagrad's is eager)
+
+    def init_fn(params):
+        # the values are the state_dict's own (scheduled ones replaced by their schedules)
+        return load_torch_state_dict(tx, sd, params, strict=False)
+
+    out = optax.GradientTransformationExtraArgs(init_fn, tx.update)  # keeps tx's description
+    return out
+
+
+def _check_lr(sched: Schedule, start: int, group: dict, g: int):
+    """Warns when the group's lr is not the scheduler's (set by hand, or stepped unusually)."""
+    try:
+        want = float(sched(start))
+    except Exception:  # noqa: BLE001 - e.g. OneCycleLR past its end: torch raises at its step
+        return
+    have = group["lr"]
+    have = float(T.to_numpy(have)) if T.is_tensor(have) else float(have)
+    if not (math.isclose(want, have, rel_tol=1e-6, abs_tol=1e-15)):
+        warnings.warn(
+            f"param group {g} holds lr={have}, but its scheduler's value at last_epoch is "
+            f"{want}; jaxupdate follows the scheduler (was the lr set by hand, or the "
+            "scheduler stepped a different number of times than the optimizer? see "
+            "steps_per_epoch)",
+            stacklevel=3,
+        )
+
+
+def _build(fn, kwargs: list[dict], sizes: list[int]):
+    if len(kwargs) == 1:
+        return param_groups(fn, **kwargs[0])
+    total = sum(sizes)
+    owner = [g for g, n in enumerate(sizes) for _ in range(n)]
+
+    def labels(tree):
+        leaves, treedef = jax.tree.flatten(tree)
+        if len(leaves) != total:
+            raise ValueError(
+                f"the parameters have {len(leaves)} leaves, the torch optimizer {total} "
+                f"parameters ({sizes} per group): give a pytree whose leaves are the "
+                "optimizer's parameters in param-group order"
+            )
+        return treedef.unflatten(owner)
+
+    groups = [{"label": g, **kw} for g, kw in enumerate(kwargs)]
+    return param_groups(fn, groups, labels=labels)
+
+
+__all__ = ["from_torch"]
