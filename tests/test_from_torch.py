@@ -27,8 +27,6 @@ CONFIGS = [
 @pytest.mark.parametrize("name,kwargs", CONFIGS)
 def test_torch_configs_mid_run(name, kwargs):
     """Every config of torch's own table: converted after 3 torch steps (state carried over)."""
-    if name == "SparseAdam":  # see test_sparse_adam_fresh
-        pytest.skip("load_torch_state_dict cannot load SparseAdam's state yet")
     # eager where it is faster than compiling (~90 configs); loops (L-BFGS, Newton-Schulz) jit
     jit = name in ("LBFGS", "Muon", "Adafactor")
     j, t = P.trajectories(name, kwargs, "float64", 6, via_from_torch=True, convert_at=3,

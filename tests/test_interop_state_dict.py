@@ -679,3 +679,37 @@ def test_nnx_state_params_without_nnx_optimizer():
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     tx.update(grads, back, params)  # usable as is
+
+
+def test_sparse_adam_both_ways():
+    """SparseAdam's per-parameter steps (a parameter without gradients has no state) round-trip."""
+    from jax.experimental import sparse as jsparse
+
+    w = torch.zeros(5, 3, dtype=torch.float64, requires_grad=True)
+    u = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SparseAdam([w, u], lr=0.1)
+    for k in range(3):
+        idx = torch.tensor([[k, k + 1, k]])
+        w.grad = torch.sparse_coo_tensor(idx, torch.ones(3, 3, dtype=torch.float64), (5, 3))
+        u.grad = None
+        opt.step()
+    tx = ju.sparse_adam(lr=0.1)
+    params = [jnp.asarray(w.detach().numpy()), jnp.asarray(u.detach().numpy())]
+    state = load_torch_state_dict(tx, opt.state_dict(), params)
+    exported = torch_state_dict(tx, state, params)
+    assert set(exported["state"]) == {0}  # u never had a gradient: no state, as in torch
+    w2 = torch.zeros(5, 3, dtype=torch.float64, requires_grad=True)
+    u2 = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    opt2 = torch.optim.SparseAdam([w2, u2], lr=0.1)
+    opt2.load_state_dict(exported)
+    for key in ("step", "exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(opt2.state_dict()["state"][0][key],
+                                   opt.state_dict()["state"][0][key])
+    # and jaxupdate continues exactly like torch
+    g = jsparse.BCOO((jnp.ones((2, 3), jnp.float64), jnp.array([[1], [4]])), shape=(5, 3))
+    upd, _ = tx.update([g, None], state, params)
+    w.grad = torch.sparse_coo_tensor(torch.tensor([[1, 4]]), torch.ones(2, 3, dtype=torch.float64),
+                                     (5, 3))
+    opt.step()
+    np.testing.assert_allclose(np.asarray(params[0] + upd[0]), w.detach().numpy(), rtol=1e-13,
+                               atol=1e-15)

@@ -111,8 +111,9 @@ def _replace_found(node, pred, new):
     if pred(node):
         return new
     if _is_namedtuple(node):
-        return node._replace(**{f: _replace_found(getattr(node, f), pred, new)
-                                for f in node._fields})
+        return node._replace(
+            **{f: _replace_found(getattr(node, f), pred, new) for f in node._fields}
+        )
     if isinstance(node, (tuple, list)):
         return type(node)(_replace_found(x, pred, new) for x in node)
     return node
@@ -132,16 +133,18 @@ def _lbfgs_export(gstate, leaves, count) -> dict:
     entry = {"func_evals": int(st.func_evals), "n_iter": int(st.n_iter)}
     if int(st.n_iter) >= 2:  # torch creates its scratch list at the first L-BFGS direction
         entry["al"] = [T.to_tensor(st.al[i]) if i < n else None for i in range(size)]
-    entry.update({
-        "d": T.to_tensor(st.d),
-        "t": float(st.t),
-        "old_dirs": [T.to_tensor(st.old_dirs[s]) for s in slots],
-        "old_stps": [T.to_tensor(st.old_stps[s]) for s in slots],
-        "ro": [T.to_tensor(st.ro[s]) for s in slots],
-        "H_diag": T.to_tensor(st.H_diag),
-        "prev_flat_grad": T.to_tensor(st.prev_flat_grad),
-        "prev_loss": float(st.prev_loss),
-    })
+    entry.update(
+        {
+            "d": T.to_tensor(st.d),
+            "t": float(st.t),
+            "old_dirs": [T.to_tensor(st.old_dirs[s]) for s in slots],
+            "old_stps": [T.to_tensor(st.old_stps[s]) for s in slots],
+            "ro": [T.to_tensor(st.ro[s]) for s in slots],
+            "H_diag": T.to_tensor(st.H_diag),
+            "prev_flat_grad": T.to_tensor(st.prev_flat_grad),
+            "prev_loss": float(st.prev_loss),
+        }
+    )
     return {0: entry}
 
 
@@ -173,9 +176,7 @@ def _lbfgs_load(gstate, entries, leaves, step):
     if n:
         new = new._replace(
             old_dirs=new.old_dirs.at[:n].set(jnp.stack([vec(x, st.d) for x in old_dirs])),
-            old_stps=new.old_stps.at[:n].set(
-                jnp.stack([vec(x, st.d) for x in entry["old_stps"]])
-            ),
+            old_stps=new.old_stps.at[:n].set(jnp.stack([vec(x, st.d) for x in entry["old_stps"]])),
             ro=new.ro.at[:n].set(jnp.stack([scalar(x, st.ro[0]) for x in entry["ro"]])),
         )
     al = entry.get("al") or []
@@ -188,12 +189,68 @@ def _lbfgs_load(gstate, entries, leaves, step):
         history_len=jnp.asarray(n, st.history_len.dtype),
         al=new.al.at[: len(al_values)].set(jnp.stack(al_values)) if al_values else new.al,
     )
-    for key, conv in (("d", vec), ("prev_flat_grad", vec), ("t", scalar), ("H_diag", scalar),
-                      ("prev_loss", scalar)):
+    for key, conv in (
+        ("d", vec),
+        ("prev_flat_grad", vec),
+        ("t", scalar),
+        ("H_diag", scalar),
+        ("prev_loss", scalar),
+    ):
         if entry.get(key) is not None:
             like = getattr(st, key)
             new = new._replace(**{key: conv(entry[key], like)})
     return _replace_found(gstate, _is_lbfgs, new)
+
+
+def _is_sparse_adam(x) -> bool:
+    return _is_namedtuple(x) and type(x).__name__ == "SparseAdamState"
+
+
+def _sparse_adam_export(gstate, leaves, count) -> dict:
+    """torch's SparseAdam keeps its own ``step`` (a Python int) per parameter, made at its first
+    gradient: a parameter that never had one has no state."""
+    st = _find(gstate, _is_sparse_adam)
+    steps, m, v = (jax.tree.leaves(x) for x in (st.step, st.exp_avg, st.exp_avg_sq))
+    out = {}
+    for i, (s, a, b) in enumerate(zip(steps, m, v, strict=True)):
+        if int(s) > 0:
+            out[i] = {
+                "step": int(s),
+                "exp_avg": T.to_tensor(a),
+                "exp_avg_sq": T.to_tensor(b),
+            }
+    return out
+
+
+def _sparse_adam_load(gstate, entries, leaves, step):
+    st = _find(gstate, _is_sparse_adam)
+    treedef = jax.tree.structure(st.exp_avg)
+    steps, m, v = (list(jax.tree.leaves(x)) for x in (st.step, st.exp_avg, st.exp_avg_sq))
+    if len(entries) != len(m):
+        raise ValueError(f"SparseAdam: {len(entries)} parameters in the state_dict, {len(m)} here")
+    for i, e in enumerate(entries):
+        if not e:
+            continue
+        for key, buf in (("exp_avg", m), ("exp_avg_sq", v)):
+            a = T.to_numpy(e[key])
+            if a.shape != tuple(buf[i].shape):
+                raise ValueError(
+                    f"SparseAdam {key} of parameter {i}: shape {a.shape}, "
+                    f"expected {tuple(buf[i].shape)}"
+                )
+            buf[i] = jnp.asarray(a, buf[i].dtype)
+        steps[i] = jnp.asarray(
+            int(float(np.asarray(T.to_numpy(e["step"])).reshape(()))), steps[i].dtype
+        )
+    new = st._replace(
+        count=jnp.asarray(
+            max([0] + [int(s) for s in steps]) if step is None else step, st.count.dtype
+        ),
+        step=jax.tree.unflatten(jax.tree.structure(st.step), steps),
+        exp_avg=jax.tree.unflatten(treedef, m),
+        exp_avg_sq=jax.tree.unflatten(treedef, v),
+    )
+    return _replace_found(gstate, _is_sparse_adam, new)
 
 
 _ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -225,12 +282,25 @@ TORCH_OPTIMIZERS: dict[str, TorchOptimizer] = {
     ),
     "jaxupdate.optim.muon.muon": TorchOptimizer("Muon", ("momentum_buffer",)),
     "jaxupdate.optim.sparse_adam.sparse_adam": TorchOptimizer(
-        "SparseAdam", ("step", "exp_avg", "exp_avg_sq")
+        "SparseAdam",
+        ("step", "exp_avg", "exp_avg_sq"),
+        custom=CustomState(_sparse_adam_export, _sparse_adam_load),
     ),
     "jaxupdate.optim.lbfgs.lbfgs": TorchOptimizer(
         "LBFGS",
-        ("func_evals", "n_iter", "al", "d", "t", "old_dirs", "old_stps", "ro", "H_diag",
-         "prev_flat_grad", "prev_loss"),
+        (
+            "func_evals",
+            "n_iter",
+            "al",
+            "d",
+            "t",
+            "old_dirs",
+            "old_stps",
+            "ro",
+            "H_diag",
+            "prev_flat_grad",
+            "prev_loss",
+        ),
         custom=CustomState(_lbfgs_export, _lbfgs_load),
     ),
 }
@@ -240,15 +310,19 @@ TORCH_OPTIMIZERS: dict[str, TorchOptimizer] = {
 _ALL_KEYS = tuple(
     dict.fromkeys(k for s in TORCH_OPTIMIZERS.values() if s.custom is None for k in s.state_keys)
 )
-_ALL_SCALAR_KEYS = tuple(
-    dict.fromkeys(k for s in TORCH_OPTIMIZERS.values() for k in s.scalar_keys)
-)
+_ALL_SCALAR_KEYS = tuple(dict.fromkeys(k for s in TORCH_OPTIMIZERS.values() for k in s.scalar_keys))
 # param-group keys that choose torch kernels or belong to schedulers / named parameters
 _TORCH_ONLY_KEYS = ("foreach", "fused", "capturable", "differentiable")
 # Keys torch's schedulers add to a param group (LRScheduler: initial_lr; CyclicLR / OneCycleLR:
 # max_lr, min_lr, base_momentum, max_momentum): scheduler state, not optimizer hyperparameters.
 _IGNORED_GROUP_KEYS = (
-    "params", "param_names", "initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum",
+    "params",
+    "param_names",
+    "initial_lr",
+    "max_lr",
+    "min_lr",
+    "base_momentum",
+    "max_momentum",
 )
 
 
@@ -419,8 +493,7 @@ def _rewrap(like, tree):
     def is_var(x):
         return isinstance(x, nnx.Variable)
 
-    return jax.tree.map(lambda v, x: v.replace(x) if is_var(v) else x, like, tree,
-                        is_leaf=is_var)
+    return jax.tree.map(lambda v, x: v.replace(x) if is_var(v) else x, like, tree, is_leaf=is_var)
 
 
 def opt_state_from_nnx(optimizer):
@@ -463,8 +536,7 @@ def opt_state_into_nnx(optimizer, opt_state) -> None:
             return var
         return value
 
-    optimizer.opt_state = jax.tree.map(put, optimizer.opt_state, _unwrap(opt_state),
-                                       is_leaf=is_var)
+    optimizer.opt_state = jax.tree.map(put, optimizer.opt_state, _unwrap(opt_state), is_leaf=is_var)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -663,9 +735,7 @@ def _as_template(x, template, where: str, to_jax=None):
     if np.iscomplexobj(a) and not jnp.iscomplexobj(template):
         a = np.stack([a.real, a.imag], axis=-1)
     if a.shape != tuple(template.shape):
-        raise ValueError(
-            f"{where} has shape {tuple(a.shape)}, expected {tuple(template.shape)}"
-        )
+        raise ValueError(f"{where} has shape {tuple(a.shape)}, expected {tuple(template.shape)}")
     if np.iscomplexobj(a) and not jnp.iscomplexobj(template):
         raise ValueError(f"{where} is complex, expected a real {template.dtype} array")
     return jnp.asarray(a, dtype=template.dtype)
@@ -855,9 +925,7 @@ def _load_group(layout, g, group, saved, torch_entries, template, params, strict
             news = [
                 None
                 if old is None
-                else _as_template(
-                    entries[j][f], old, where(j, f), convert[j] and convert[j][0]
-                )
+                else _as_template(entries[j][f], old, where(j, f), convert[j] and convert[j][0])
                 for j, old in enumerate(olds)
             ]
             return treedef.unflatten(news)
