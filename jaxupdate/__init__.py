@@ -23,6 +23,7 @@ from jaxupdate.clip_grad import (
     get_total_norm,
 )
 from jaxupdate.interop import from_torch, load_torch_state_dict, torch_state_dict
+from jaxupdate.nonfinite import skip_nonfinite
 from jaxupdate.optim import (
     adadelta,
     adafactor,
@@ -41,6 +42,7 @@ from jaxupdate.optim import (
     sparse_adam,
 )
 from jaxupdate.param_groups import param_groups
+from jaxupdate.precision import kahan_summation, master_params, master_weights
 
 __version__ = "0.1.0"
 
@@ -55,7 +57,10 @@ __all__ = [
     "from_torch",
     "get_total_norm",
     "interop",
+    "kahan_summation",
     "load_torch_state_dict",
+    "master_params",
+    "master_weights",
     "param_groups",
     "torch_state_dict",
     "lr_scheduler",
@@ -75,6 +80,7 @@ __all__ = [
     "rmsprop",
     "rprop",
     "sharding",
+    "skip_nonfinite",
     "sgd",
     "sparse_adam",
     "transforms",

@@ -8,6 +8,7 @@ import optax
 
 from jaxupdate._hparams import concrete, is_number, is_schedule, normalize
 from jaxupdate.transforms import complex_as_real
+from jaxupdate.transforms.validate import validate_inputs
 
 
 def check(value, ok: Callable[[float], bool], message: str) -> None:
@@ -59,5 +60,7 @@ def _size(x) -> int:
 
 
 def assemble(*blocks) -> optax.GradientTransformationExtraArgs:
-    """Chains the blocks that are not None, viewing complex leaves as real pairs (as torch)."""
-    return complex_as_real(optax.chain(*[b for b in blocks if b is not None]))
+    """Chains the blocks that are not None, viewing complex leaves as real pairs (as torch),
+    and checks grads, params and state against each other first (``validate_inputs``: at
+    trace time, on static shapes and dtypes)."""
+    return validate_inputs(complex_as_real(optax.chain(*[b for b in blocks if b is not None])))

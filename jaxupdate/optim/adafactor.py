@@ -13,6 +13,7 @@ from jaxupdate.transforms.adafactor import (
 )
 from jaxupdate.transforms.checks import reject_complex
 from jaxupdate.transforms.common import maximize as maximize_block
+from jaxupdate.transforms.validate import validate_inputs
 
 
 def _check_float(value, name: str, ok, message: str):
@@ -107,4 +108,4 @@ def adafactor(
         scale_by_torch_factored_rms(beta2_decay_n, eps1),
         scale_by_torch_adafactor_step(lr_n, eps2_n, d_n, weight_decay_n),
     ]
-    return optax.chain(*[b for b in blocks if b is not None])
+    return validate_inputs(optax.chain(*[b for b in blocks if b is not None]))

@@ -10,6 +10,7 @@ from jaxupdate._described import described
 from jaxupdate._hparams import is_static_zero, normalize
 from jaxupdate.optim._base import assemble, check_lr, check_nonneg
 from jaxupdate.transforms.asgd import TorchASGDState, torch_asgd
+from jaxupdate.transforms.validate import validate_inputs
 
 
 @described
@@ -71,11 +72,11 @@ def asgd(
         T.maximize() if maximize else None,
         None if is_static_zero(weight_decay) else T.add_weight_decay(weight_decay),
     ]
-    return optax.chain(
+    return validate_inputs(optax.chain(
         assemble(*on_grads) if any(on_grads) else optax.identity(),
         # outside complex_as_real: ax keeps the parameters' dtype (complex stays complex)
         torch_asgd(lr, lambd, alpha, t0),
-    )
+    ))
 
 
 def averaged_params(opt_state) -> optax.Params:

@@ -19,6 +19,7 @@ from jaxupdate.transforms.muon import (
     scale_by_muon_lr,
     scale_by_torch_muon,
 )
+from jaxupdate.transforms.validate import validate_inputs
 
 
 @described
@@ -96,9 +97,9 @@ def muon(
         normalize(x, f"ns_coefficients[{i}]") for i, x in enumerate(ns_coefficients)
     )
     eps_n = normalize(eps, "eps")
-    return optax.chain(
+    return validate_inputs(optax.chain(
         require_matrices("Muon"),
         reject_complex("Muon"),
         scale_by_torch_muon(momentum_n, nesterov, coefficients, eps_n, int(ns_steps)),
         scale_by_muon_lr(lr_n, weight_decay_n, adjust_lr_fn),
-    )
+    ))

@@ -17,6 +17,7 @@ import optax
 from jaxupdate._hparams import (
     add_scaled,
     cast,
+    delta,
     is_schedule,
     is_static_zero,
     resolve,
@@ -168,8 +169,10 @@ def scale_by_torch_adafactor_step(
 
         def one(u, p):
             rms = _norm(p).astype(sdt) / (p.size**0.5)
-            m = jnp.maximum(e2, rms)
-            denom = jnp.maximum(1.0, _norm(u).astype(sdt) / ((u.size**0.5) * d_t))
+            # Python's max(eps2, x) and max(1.0, x), as torch: the first argument when x is NaN
+            m = jnp.where(rms > e2, rms, e2)
+            ratio = _norm(u).astype(sdt) / ((u.size**0.5) * d_t)
+            denom = jnp.where(ratio > 1.0, ratio, 1.0)
             if lr_dtype is None:
                 alpha = m * jnp.minimum(lr_t, inv_sqrt_t)
                 neg_alpha = -alpha / denom
@@ -180,7 +183,7 @@ def scale_by_torch_adafactor_step(
                 from_t = -(m * inv_sqrt_t) / denom
                 neg_alpha = jnp.where(inv_sqrt_t < lr_t, from_t, from_lr.astype(sdt))
             p_new = p * cast(factor, p) if decay else p
-            return add_scaled(p_new, neg_alpha, u) - p
+            return delta(add_scaled(p_new, neg_alpha, u), p)
 
         updates = jax.tree.map(one, updates, params)
         return updates, TorchAdafactorStepState(optax.safe_increment(state.count))

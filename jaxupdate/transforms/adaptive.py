@@ -99,6 +99,11 @@ class TorchAdadeltaState(NamedTuple):
     acc_delta: optax.Updates
 
 
+def _torch_sign(x):
+    """torch.sign: 0 for NaN (jnp.sign gives NaN), so Rprop leaves a NaN-gradient element be."""
+    return jnp.where(jnp.isnan(x), jnp.zeros_like(x), jnp.sign(x))
+
+
 def scale_by_torch_adadelta(rho=0.9, eps=1e-6) -> optax.GradientTransformationExtraArgs:
     """Adadelta's direction ``sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g``.
 
@@ -213,7 +218,7 @@ def torch_rprop(
         hi = resolve(step_size_max, state.count)
 
         def one(g, prev, size):
-            s = jnp.sign(g * prev)
+            s = _torch_sign(g * prev)
             # torch: sign[sign.gt(0)] = etaplus; sign[sign.lt(0)] = etaminus; sign[sign.eq(0)] = 1
             factor = jnp.where(
                 s > 0, cast(ep, s), jnp.where(s < 0, cast(em, s), jnp.where(s == 0, 1, s))
@@ -221,7 +226,7 @@ def torch_rprop(
             size = jnp.clip(size * factor, cast(lo, size), cast(hi, size))
             # torch: grad[sign.eq(etaminus)] = 0
             g = jnp.where(factor == cast(em, factor), jnp.zeros_like(g), g)
-            return -(jnp.sign(g) * size), g, size
+            return -(_torch_sign(g) * size), g, size
 
         res = jax.tree.map(one, updates, state.prev, state.step_size)
         treedef = jax.tree.structure(updates)

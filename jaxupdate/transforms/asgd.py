@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import add_scaled, cast, resolve, scalar_dtype, step_float
+from jaxupdate._hparams import add_scaled, cast, delta, resolve, scalar_dtype, step_float
 from jaxupdate.transforms.common import init_count, require_params
 from jaxupdate.transforms.nadam_radam import TORCH_SCALAR_DTYPE
 
@@ -77,7 +77,7 @@ def torch_asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6) -> optax.GradientTransfo
             # ax.add_(param.sub(ax).mul_(mu)), mu a float32 tensor promoted to the dtype
             avg = ax_r + (new - ax_r) * state.mu.astype(ax_r.dtype)
             new_ax = jnp.where(averaging, avg, new)
-            return _like(new, p) - p, _like(new_ax, p)
+            return delta(_like(new, p), p), _like(new_ax, p)
 
         leaves, treedef = jax.tree.flatten(updates)
         pairs = [

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import add_scaled, cast, resolve
+from jaxupdate._hparams import add_scaled, cast, delta, resolve
 
 
 class CountState(NamedTuple):
@@ -119,7 +119,7 @@ def scale_by_learning_rate(lr) -> optax.GradientTransformationExtraArgs:
         if params is None:
             updates = jax.tree.map(lambda d: cast(neg_lr, d) * d, updates)
         else:
-            updates = jax.tree.map(lambda d, p: add_scaled(p, neg_lr, d) - p, updates, params)
+            updates = jax.tree.map(lambda d, p: delta(add_scaled(p, neg_lr, d), p), updates, params)
         return updates, CountState(optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -142,7 +142,7 @@ def decoupled_weight_decay(lr, weight_decay) -> optax.GradientTransformationExtr
         del extra_args
         require_params(params, "decoupled weight_decay")
         factor = 1.0 - resolve(lr, state.count) * resolve(weight_decay, state.count)
-        updates = jax.tree.map(lambda u, p: (p * cast(factor, p) + u) - p, updates, params)
+        updates = jax.tree.map(lambda u, p: delta(p * cast(factor, p) + u, p), updates, params)
         return updates, CountState(optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

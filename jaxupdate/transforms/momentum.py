@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import add_scaled, cast, resolve
+from jaxupdate._hparams import add_scaled, mul_scalar, resolve
 from jaxupdate.transforms.common import init_count
 
 
@@ -39,7 +39,7 @@ def torch_momentum(
 
         def new_buf(g, buf):
             # torch: buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-            later = add_scaled(buf * cast(mom, g), keep, g)
+            later = add_scaled(mul_scalar(buf, mom), keep, g)
             if not first_step_copies:
                 return later
             return jnp.where(state.count == 0, g, later)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import add_scaled, cast, is_schedule, is_static_zero, resolve
+from jaxupdate._hparams import add_scaled, cast, delta, is_schedule, is_static_zero, resolve
 from jaxupdate.transforms.common import init_count, require_params
 from jaxupdate.transforms.moments import lerp
 
@@ -200,7 +200,7 @@ def scale_by_muon_lr(lr=1e-3, weight_decay=0.1, adjust_lr_fn: Optional[str] = No
             p_new = p * cast(factor, p) if decay else p
             ratio = adjust_lr_ratio(adjust_lr_fn, p.shape)
             adjusted_lr = lr_t * (ratio if lr_dtype is None else jnp.asarray(ratio, lr_dtype))
-            return add_scaled(p_new, -adjusted_lr, o) - p
+            return delta(add_scaled(p_new, -adjusted_lr, o), p)
 
         updates = jax.tree.map(one, updates, params)
         return updates, ScaleByMuonLrState(optax.safe_increment(state.count))

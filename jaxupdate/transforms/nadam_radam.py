@@ -21,6 +21,7 @@ import optax
 from jaxupdate._hparams import (
     bias_correction,
     cast,
+    delta,
     is_number,
     resolve,
     scalar_dtype,
@@ -120,7 +121,7 @@ def scale_by_torch_nadam(
         wd = None if decoupled_weight_decay is None else resolve(decoupled_weight_decay, count)
         base = _base(params, lr_t, wd)
         out = jax.tree.map(
-            lambda b, p, g, m, d: (b + term(coef_grad, g, d) + term(coef_avg, m, d)) - p,
+            lambda b, p, g, m, d: delta(b + term(coef_grad, g, d) + term(coef_avg, m, d), p),
             base, params, updates, exp_avg, denoms,
         )
         return out, new_state
@@ -250,7 +251,7 @@ def scale_by_torch_radam(
         wd = None if decoupled_weight_decay is None else resolve(decoupled_weight_decay, count)
         base = _base(params, lr_t, wd)
         # torch: param.add_(step, alpha=-1.0), i.e. base - step rounded once
-        out = jax.tree.map(lambda b, p, s: (b - s) - p, base, params, steps)
+        out = jax.tree.map(lambda b, p, s: delta(b - s, p), base, params, steps)
         return out, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
