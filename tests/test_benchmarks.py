@@ -1,0 +1,94 @@
+"""Smoke test of the benchmark suite (``python -m benchmarks``): a tiny run writes its outputs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.cases import CASES, make_shapes, num_params, parse_count  # noqa: E402
+
+PLOTS = ("update_step_vs_leaves.png", "update_step_vs_size.png", "first_call.png",
+         "peak_memory.png", "train_step.png")
+CPU = {"jaxupdate", "optax", "torch-single", "torch-foreach", "torch-fused"}
+
+
+def test_tiny_run_writes_json_markdown_and_plots(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--preset", "tiny", "--out", str(tmp_path),
+         "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+
+    m = data["machine"]
+    assert m["cpu_model"] and m["usable_cpus"] >= 1 and m["load_average_at_start"]
+    assert m["jax"] and m["torch"] and m["optax"]
+    bw = data["bandwidth"]["cpu"]
+    assert bw["floats"] == 1_000_000 and bw["inplace_GBps"] > 0 and bw["copy_GBps"] > 0
+
+    (row,) = data["update_step"]
+    assert (row["optimizer"], row["size"], row["leaves"]) == ("adam", 10_000, 10)
+    assert row["bytes_per_param"] == 28 and row["params"] == num_params(make_shapes(10_000, 10))
+    assert set(row["contenders"]) == CPU
+    for c in row["contenders"].values():
+        assert c["device"] == "cpu" and c["rounds"] == 3 and len(c["samples_s"]) == 3
+        assert c["min_s"] <= c["median_s"] and c["first_call_s"] > 0
+        assert c["x_roofline"] == pytest.approx(c["median_s"] / row["roofline_s"]["cpu"])
+    assert row["ratios"]["jaxupdate/torch-fused"] == pytest.approx(
+        row["contenders"]["jaxupdate"]["median_s"] / row["contenders"]["torch-fused"]["median_s"])
+
+    (mem,) = data["memory"]
+    assert mem["contender"] == "jaxupdate" and mem["peak_extra_bytes"] >= 0
+    assert mem["params_grads_state_bytes"] == 4 * row["params"] * 4
+    assert mem["xla_memory_analysis"]["alias_size_in_bytes"] > 0  # params and state donated
+
+    (step,) = data["train_step"]["results"]
+    assert set(step["contenders"]) == {"jaxupdate (jax.jit)", "torch eager", "torch eager, fused"}
+    assert all(c["steps_per_s"] > 0 for c in step["contenders"].values())
+    # same weights, same batches, same number of Adam steps: the same loss up to float32 rounding
+    assert step["final_loss_rel_diff"] < 1e-4
+
+    targets = {t["target"] for t in data["targets_summary"]}
+    assert any("torch fused" in t for t in targets) and any("roofline" in t for t in targets)
+    assert data["elapsed_s"] > 0
+
+    md = (tmp_path / "results.md").read_text()
+    for heading in ("## Update step", "## First call", "## Peak memory", "## Whole training step",
+                    "## Issue 7 CPU targets"):
+        assert heading in md
+    assert m["cpu_model"] in md and "| adam | 10k | 10 |" in md
+    for name in PLOTS:
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_torch_peak_memory_is_params_grads_state():
+    pytest.importorskip("torch")
+    from benchmarks.memory import measure
+
+    res = measure("adam", "torch-fused", 1_000_000, 10, steps=2)
+    # fused Adam keeps no parameter-sized temporaries: the peak is the arrays themselves
+    assert res["peak_reset"]
+    assert 0.9 < res["ratio"] < 1.5, res
+
+
+@pytest.mark.parametrize("size,leaves", [(10_000, 1), (10_000, 10), (1_000_000, 100),
+                                         (1_000_000, 10_000), (100_000_000, 7)])
+def test_shapes_look_like_a_network(size, leaves):
+    shapes = make_shapes(size, leaves)
+    assert len(shapes) == leaves
+    assert 0.8 * size <= num_params(shapes) <= size
+    assert len(set(shapes)) == min(leaves, 8)
+    assert all(len(s) == 2 for s in shapes[::2]) and all(len(s) == 1 for s in shapes[1::2])
+
+
+def test_counts_and_bytes():
+    assert [parse_count(x) for x in ("1M", "10k", "100M", "1e6", "2_000")] == [
+        1_000_000, 10_000, 100_000_000, 1_000_000, 2000]
+    assert {n: c.bytes_per_param for n, c in CASES.items()} == {
+        "adam": 28, "adamw": 28, "sgd_momentum": 20, "rmsprop": 20, "adagrad": 20}
