@@ -206,3 +206,66 @@ def test_exports_back_to_torch():
             np_t = opt.state[tp[i]][key].numpy()
             assert P.rel_err([[sd["state"][i][key].numpy()]], [[np_t]]) <= TOL64
         assert float(sd["state"][i]["step"]) == 4.0
+
+
+@pytest.mark.parametrize("which", ["step", "one_cycle"])
+def test_round_trip_back_to_torch_with_scheduler(which):
+    """torch -> jaxupdate (from_torch) -> torch: after k jaxupdate updates, load the exported
+    state into the torch optimizer and step its scheduler k times; the torch run then continues
+    exactly like one that never left torch (position, lr, momentum cycling, buffers)."""
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from jaxupdate.interop import torch_state_dict
+
+    steps, k1, k2 = 9, 3, 3
+    params, grads = P.problem("float64", steps, P.SHAPES)
+
+    def make(tp):
+        if which == "step":
+            opt = torch.optim.SGD(tp, lr=0.1, momentum=0.9)
+            return opt, lrs.StepLR(opt, step_size=2, gamma=0.5)
+        opt = torch.optim.Adam(tp, lr=0.01)
+        return opt, lrs.OneCycleLR(opt, max_lr=0.1, total_steps=steps)
+
+    def torch_step(opt, sched, tp, g):
+        for t, gg in zip(tp, g):
+            t.grad = torch.tensor(gg)
+        opt.step()
+        sched.step()
+
+    ref = [torch.tensor(p).requires_grad_() for p in params]
+    ref_opt, ref_sched = make(ref)
+    for k in range(steps):
+        torch_step(ref_opt, ref_sched, ref, grads[k])
+
+    tp = [torch.tensor(p).requires_grad_() for p in params]
+    opt, sched = make(tp)
+    for k in range(k1):
+        torch_step(opt, sched, tp, grads[k])
+    tx = from_torch(opt, sched)
+    jp = [jnp.asarray(t.detach().numpy()) for t in tp]
+    state = tx.init(jp)
+    for k in range(k1, k1 + k2):
+        updates, state = tx.update([jnp.asarray(g) for g in grads[k]], state, jp)
+        jp = optax.apply_updates(jp, updates)
+    # back to torch: parameters, optimizer state, and the scheduler moved on by k2 steps
+    with torch.no_grad():
+        for t, x in zip(tp, jp):
+            t.copy_(torch.from_numpy(np.asarray(x)))
+    for _ in range(k2):
+        sched.step()  # torch warns that no optimizer.step() came first: intended here
+    sd = torch_state_dict(tx, state, jp)
+    # keys a torch scheduler keeps in the param groups (OneCycleLR: max_lr, min_lr, ...) are
+    # scheduler state, not exported by torch_state_dict: keep the live optimizer's
+    for new, old in zip(sd["param_groups"], opt.param_groups):
+        for key, value in old.items():
+            new.setdefault(key, value)
+    opt.load_state_dict(sd)
+    for k in range(k1 + k2, steps):
+        torch_step(opt, sched, tp, grads[k])
+    assert sched.last_epoch == ref_sched.last_epoch
+    got = [[t.detach().numpy() for t in tp]]
+    want = [[t.detach().numpy() for t in ref]]
+    assert P.rel_err(got, want) <= TOL64
