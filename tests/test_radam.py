@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +11,7 @@ from torch.testing._internal import common_optimizers as co
 
 from jaxupdate.optim.radam import radam
 from jaxupdate.transforms.nadam_radam import TorchRAdamState, radam_rho
+from tests.adaptive_checks import assert_signature_matches, check_torch_error, error_cases
 from tests.oracle import (
     as_real,
     find_state,
@@ -23,13 +22,11 @@ from tests.oracle import (
 )
 from tests.parity import (
     TOL,
-    TORCH_ONLY_KWARGS,
     assert_parity,
     problem,
     rel_err,
     run_jax,
     run_torch,
-    to_jax_kwargs,
 )
 
 TORCH_CLS = torch.optim.RAdam
@@ -206,37 +203,12 @@ def test_float32_without_x64():
 
 
 def test_defaults_match_torch():
-    t_params = [
-        p for p in inspect.signature(TORCH_CLS.__init__).parameters.values()
-        if p.name not in ("self", "params", *TORCH_ONLY_KWARGS)
-    ]
-    j_params = list(inspect.signature(radam).parameters.values())
-    assert [p.name for p in j_params] == [p.name for p in t_params]
-    for tp, jp in zip(t_params, j_params, strict=True):
-        assert tp.kind == jp.kind, tp.name
-        assert tp.default == jp.default, (tp.name, tp.default, jp.default)
+    assert_signature_matches(TORCH_CLS, radam)
 
 
-def _error_cases():
-    return [
-        pytest.param(e, id=e.optimizer_error_input.desc.replace(" ", "_"))
-        for e in co.optim_error_inputs_func_radam(device="cpu", dtype=torch.float64)
-    ]
-
-
-@pytest.mark.parametrize("err", _error_cases())
+@pytest.mark.parametrize("err", error_cases(co.optim_error_inputs_func_radam))
 def test_torch_error_table(err):
-    oi = err.optimizer_error_input
-    if oi.params is not None:
-        pytest.skip("about torch's `params` argument (groups, names): jaxupdate takes pytrees")
-    if err.error_on != co.OptimizerErrorEnum.CONSTRUCTION_ERROR:
-        pytest.skip("raised by torch's step(), not its constructor")
-    if any(k in oi.kwargs for k in TORCH_ONLY_KWARGS):
-        pytest.skip("about torch kernel choices (foreach/fused/capturable), not the mathematics")
-    with pytest.raises(err.error_type, match=err.error_regex):
-        radam(**to_jax_kwargs(oi.kwargs))
-    with pytest.raises(err.error_type, match=err.error_regex):
-        TORCH_CLS([torch.zeros(2, requires_grad=True)], **oi.kwargs)
+    check_torch_error(TORCH_CLS, radam, err)
 
 
 @pytest.mark.parametrize(
