@@ -22,7 +22,7 @@ from jaxupdate.clip_grad import (
     clip_grads_with_norm_,
     get_total_norm,
 )
-from jaxupdate.interop import from_torch, load_torch_state_dict, torch_state_dict
+from jaxupdate.interop import from_torch, load_torch_state_dict, to_torch, torch_state_dict
 from jaxupdate.nonfinite import skip_nonfinite
 from jaxupdate.optim import (
     adadelta,
@@ -55,6 +55,7 @@ __all__ = [
     "clip_grad_value_",
     "clip_grads_with_norm_",
     "from_torch",
+    "to_torch",
     "get_total_norm",
     "interop",
     "kahan_summation",

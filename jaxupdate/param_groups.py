@@ -226,8 +226,26 @@ def _parse_group(fn, defaults: dict, group, index: int) -> tuple[Group, Any]:
         kwargs = bind_kwargs(fn, kwargs=merged)
     except TypeError as e:
         raise TypeError(f"param group {index}: {e}") from None
-    tx = optax.with_extra_args_support(fn(**merged))
+    tx = optax.with_extra_args_support(fn(**merged))  # also validates the group's own values
+    ignored = [k for k in _constructor_only(fn) if k in overrides]
+    if ignored:
+        # torch reads these in the optimizer's constructor only (Adagrad's
+        # initial_accumulator_value fills every group's state): a group's own value stays in
+        # the group (kwargs, exported to torch) but the state is built from the defaults'
+        built = {k: v for k, v in merged.items() if k not in ignored}
+        built.update({k: defaults[k] for k in ignored if k in defaults})
+        tx = optax.with_extra_args_support(fn(**built))
     return Group(group[present[0]], present[0] == "label", overrides, kwargs), tx
+
+
+def _constructor_only(fn) -> tuple:
+    """Arguments ``fn``'s torch class reads in its constructor only, never per group."""
+    while fn is not None:
+        names = getattr(fn, "constructor_only", None)
+        if names is not None:
+            return tuple(names)
+        fn = getattr(fn, "__wrapped__", None)
+    return ()
 
 
 def param_groups(

@@ -61,8 +61,16 @@ CASES = {
     "adagrad": (
         torch.optim.Adagrad,
         ju.adagrad,
-        dict(lr=0.05, initial_accumulator_value=0.5),  # per group: see the test below
+        dict(lr=0.05, initial_accumulator_value=0.5),
         [dict(lr_decay=0.01), dict(lr=0.1), dict(weight_decay=0.1)],
+    ),
+    # torch reads initial_accumulator_value in the constructor only: the groups' own values
+    # (0.1, 0) are ignored and every sum starts at 0.5 (see the test below)
+    "adagrad-group-initial": (
+        torch.optim.Adagrad,
+        ju.adagrad,
+        dict(lr=0.05, initial_accumulator_value=0.5),
+        [dict(initial_accumulator_value=0.1), {}, dict(lr=0.1, initial_accumulator_value=0.0)],
     ),
     "adadelta": (
         torch.optim.Adadelta,
@@ -160,15 +168,23 @@ def test_groups_match_torch_float32(name):
 
 
 def test_adagrad_initial_accumulator_value_per_group():
-    """torch quirk: Adagrad fills ``sum`` in its constructor from the constructor's
-    ``initial_accumulator_value``, so a group's own value is ignored; jaxupdate applies it.
-    (Give it as a default, as above, for torch's numbers.)"""
-    t = torch.zeros(2, requires_grad=True)
-    opt = torch.optim.Adagrad([{"params": [t], "initial_accumulator_value": 0.5}])
-    assert opt.param_groups[0]["initial_accumulator_value"] == 0.5
-    assert opt.state[t]["sum"].tolist() == [0.0, 0.0]
-    tx = param_groups(ju.adagrad, [{"params": ".", "initial_accumulator_value": 0.5}])
-    assert tx.init([jnp.zeros(2)]).groups[0][0].sum[0].tolist() == [0.5, 0.5]
+    """torch's Adagrad fills ``sum`` in its constructor from the constructor's
+    ``initial_accumulator_value`` (0 by default): a group's own value stays in the group but
+    is not used. jaxupdate's param groups do the same (the trajectories: ``adagrad-group-initial``
+    above)."""
+    for defaults in ({}, {"initial_accumulator_value": 0.25}):
+        t = torch.zeros(2, requires_grad=True)
+        opt = torch.optim.Adagrad([{"params": [t], "initial_accumulator_value": 0.5}], **defaults)
+        assert opt.param_groups[0]["initial_accumulator_value"] == 0.5
+        tx = param_groups(
+            ju.adagrad, [{"params": ".", "initial_accumulator_value": 0.5}], **defaults
+        )
+        got = tx.init([jnp.zeros(2)]).groups[0][0].sum[0]
+        assert np.asarray(got).tolist() == opt.state[t]["sum"].tolist()
+        # the group still holds its value, as torch's param_groups do
+        assert describe_groups(tx, [jnp.zeros(2)])[0]["initial_accumulator_value"] == 0.5
+    with pytest.raises(ValueError, match="initial_accumulator_value"):  # still validated
+        param_groups(ju.adagrad, [{"params": ".", "initial_accumulator_value": -1.0}])
 
 
 def test_frozen_leaves_keep_no_state():

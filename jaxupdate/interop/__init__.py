@@ -6,6 +6,8 @@ torch is imported only when one of these functions runs; jaxupdate itself never 
   ``state_dict()`` <-> the state of the equivalent jaxupdate transformation.
 * :func:`from_torch`: the jaxupdate transformation of a live torch optimizer (param groups,
   state) and scheduler (position included).
+* :func:`to_torch`: the converse, a jaxupdate run (state, parameters, scheduler position)
+  continued in a live torch optimizer and scheduler.
 * :mod:`jaxupdate.interop.weights`: a torch module's parameters <-> pytrees in torch's order
   and names, and <-> flax ``nnx`` models (transposed ``Linear`` kernels, ``Conv`` layouts);
   ``.pt`` files through ``torch.load(weights_only=True)`` and safetensors files.
@@ -23,6 +25,7 @@ from jaxupdate.interop.state_dict import (
     optimizer_fn_for,
     torch_state_dict,
 )
+from jaxupdate.interop.to_torch import to_torch
 
 __all__ = [
     "TORCH_OPTIMIZERS",
@@ -33,6 +36,7 @@ __all__ = [
     "opt_state_from_nnx",
     "opt_state_into_nnx",
     "optimizer_fn_for",
+    "to_torch",
     "torch_state_dict",
     "weights",
 ]

@@ -48,9 +48,10 @@ schedule in :func:`jaxupdate.lr_scheduler.per_epoch`; convert at an epoch bounda
 :func:`jaxupdate.lr_scheduler.set_hyperparams` (its ``init``/``step`` are pure functions).
 
 Limits: an lr set by hand in torch (``group["lr"] = x`` while a scheduler runs) is not seen
-(the schedule gives the scheduler's value; :func:`from_torch` warns when they differ);
-ReduceLROnPlateau's injected state cannot be exported back with ``torch_state_dict`` (the
-other schedulers' can).
+(the schedule gives the scheduler's value; :func:`from_torch` warns when they differ).
+
+Back to torch: :func:`jaxupdate.interop.to_torch` puts the state, the parameters and the
+scheduler's position (ReduceLROnPlateau's included) into the live torch objects.
 """
 
 from __future__ import annotations

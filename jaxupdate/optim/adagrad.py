@@ -75,3 +75,9 @@ def adagrad(
         None if is_static_zero(weight_decay) else T.add_weight_decay(weight_decay),
         torch_adagrad(lr, lr_decay, eps, initial_accumulator_value),
     )
+
+
+# torch's Adagrad fills ``state["sum"]`` in its constructor, from the constructor's
+# ``initial_accumulator_value``: a param group's own value is kept in the group but never used.
+# param_groups reads this to build every group's state from the defaults' value, as torch does.
+adagrad.constructor_only = ("initial_accumulator_value",)
