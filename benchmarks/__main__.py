@@ -23,7 +23,8 @@ from pathlib import Path
 from benchmarks.cases import CASES, parse_count
 
 ALL = list(CASES)
-CPU_CONTENDERS = ["jaxupdate", "optax", "torch-single", "torch-foreach", "torch-fused"]
+CPU_CONTENDERS = ["jaxupdate", "optax", "xla-floor", "torch-single", "torch-foreach",
+                  "torch-fused"]
 
 PRESETS = {
     # for the smoke test: seconds

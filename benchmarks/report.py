@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from benchmarks.cases import format_count
 
-CPU_CONTENDERS = ("jaxupdate", "optax", "torch-single", "torch-foreach", "torch-fused")
+CPU_CONTENDERS = ("jaxupdate", "optax", "xla-floor", "torch-single", "torch-foreach",
+                  "torch-fused")
 CUDA_CONTENDERS = ("torch-cuda-foreach", "torch-cuda-fused")
 
 
@@ -135,8 +136,10 @@ def markdown(results: dict) -> str:
         out += ["", "## Update step", "",
                 "Median time of one step in ms, and in parentheses as a multiple of the "
                 "roofline (lower is better). `ju/x` = jaxupdate's time over x's (below 1: "
-                "jaxupdate is faster). Leaves mix 2-D weights of four shapes and 1-D biases.", ""]
-        ratio_cols = [k for k in ("jaxupdate/torch-fused", "jaxupdate/optax")
+                "jaxupdate is faster). Leaves mix 2-D weights of four shapes and 1-D biases. "
+                "`xla-floor` is the leanest hand-written jitted step (benchmarks/floor.py): "
+                "what XLA costs without any library.", ""]
+        ratio_cols = [k for k in ("jaxupdate/torch-fused", "jaxupdate/optax", "jaxupdate/xla-floor")
                       if any(k in r.get("ratios", {}) for r in rows)]
         header = (["optimizer", "params", "leaves", "roofline ms"] + names
                   + [k.replace("jaxupdate", "ju") for k in ratio_cols])
@@ -165,7 +168,8 @@ def markdown(results: dict) -> str:
 
         out += ["", "## First call (trace + compile + one step)", "",
                 "Seconds. torch has nothing to compile; its first step allocates the state.", ""]
-        first_names = [n for n in ("jaxupdate", "optax", "torch-fused") if n in names]
+        first_names = [n for n in ("jaxupdate", "optax", "xla-floor", "torch-fused")
+                       if n in names]
         body = []
         for r in rows:
             if r.get("skipped"):
@@ -246,6 +250,7 @@ def plots(results: dict, out_dir) -> list[str]:
     names = _contender_names(results)
     styles = {"jaxupdate": dict(color="C3", lw=2.5, marker="o"),
               "optax": dict(color="C0", marker="s"),
+              "xla-floor": dict(color="k", marker="x", ls="-."),
               "torch-single": dict(color="C7", marker="v", ls=":"),
               "torch-foreach": dict(color="C2", marker="^", ls="--"),
               "torch-fused": dict(color="C1", marker="D"),

@@ -5,6 +5,8 @@ Contenders (each with its own parameters and state; gradients are shared read-on
 - ``jaxupdate``: ``jax.jit`` of ``tx.update`` + ``apply_updates`` with params and state donated,
   exactly what a user writes; no special API.
 - ``optax``: the same jitted step with optax's nearest optimizer (see :mod:`benchmarks.cases`).
+- ``xla-floor``: the same jitted step with the leanest hand-written version of the algorithm
+  (:mod:`benchmarks.floor`): what XLA itself costs, without any library around it.
 - ``torch-single`` / ``torch-foreach`` / ``torch-fused``: ``torch.optim.<X>(foreach=False)``,
   ``(foreach=True)``, ``(fused=True)`` on CPU; ``torch-cuda-foreach`` / ``torch-cuda-fused`` when
   ``torch.cuda.is_available()``.
@@ -32,7 +34,7 @@ from typing import Callable
 from benchmarks.cases import CASES, Case, make_shapes, num_params
 from benchmarks.machine import mem_available_bytes
 
-JAX_CONTENDERS = ("jaxupdate", "optax")
+JAX_CONTENDERS = ("jaxupdate", "optax", "xla-floor")
 TORCH_CPU_CONTENDERS = ("torch-single", "torch-foreach", "torch-fused")
 TORCH_CUDA_CONTENDERS = ("torch-cuda-foreach", "torch-cuda-fused")
 
@@ -204,7 +206,14 @@ def build_contenders(case: Case, shapes, names) -> tuple[list[Contender], dict[s
                     import jax.numpy as jnp
 
                     jax_grads = [jnp.full(s, 1e-3, jnp.float32) for s in shapes]
-                tx = case.jaxupdate() if name == "jaxupdate" else case.optax()
+                if name == "jaxupdate":
+                    tx = case.jaxupdate()
+                elif name == "optax":
+                    tx = case.optax()
+                else:
+                    from benchmarks.floor import floor_tx
+
+                    tx = floor_tx(case)
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message=".*donated buffers.*")
                     built.append(_jax_contender(name, tx, shapes, jax_grads))
@@ -333,7 +342,7 @@ def run_config(case: Case, size: int, leaves: int, names, rounds: int, warmup: i
     med = {k: v["median_s"] for k, v in row["contenders"].items()}
     row["ratios"] = {
         f"jaxupdate/{other}": med["jaxupdate"] / med[other]
-        for other in ("torch-fused", "torch-foreach", "torch-single", "optax",
+        for other in ("torch-fused", "torch-foreach", "torch-single", "optax", "xla-floor",
                       "torch-cuda-fused")
         if "jaxupdate" in med and other in med
     }

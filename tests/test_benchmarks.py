@@ -14,7 +14,7 @@ from benchmarks.cases import CASES, make_shapes, num_params, parse_count  # noqa
 
 PLOTS = ("update_step_vs_leaves.png", "update_step_vs_size.png", "first_call.png",
          "peak_memory.png", "train_step.png")
-CPU = {"jaxupdate", "optax", "torch-single", "torch-foreach", "torch-fused"}
+CPU = {"jaxupdate", "optax", "xla-floor", "torch-single", "torch-foreach", "torch-fused"}
 
 
 def test_tiny_run_writes_json_markdown_and_plots(tmp_path):
@@ -92,3 +92,52 @@ def test_counts_and_bytes():
         1_000_000, 10_000, 100_000_000, 1_000_000, 2000]
     assert {n: c.bytes_per_param for n, c in CASES.items()} == {
         "adam": 28, "adamw": 28, "sgd_momentum": 20, "rmsprop": 20, "adagrad": 20}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_jaxupdate_runs_as_few_kernels_per_leaf_as_the_hand_written_floor(name):
+    """XLA on CPU runs one kernel per output array (no multi-output fusion), so the leanest
+    hand-written step of an optimizer with k state arrays runs k + 1 kernels per leaf. jaxupdate's
+    torch-exact step (one-rounding adds, lerp's two formulas, inf handling, input checks) must
+    not add any: its extra work stays inside those kernels.
+
+    Checked with float64 off, jax's default and the benchmark's setting (the test suite turns it
+    on; then float32 steps round through float64 to match torch's FMA, and Adagrad's sum gets
+    one more copy)."""
+    import jax
+
+    from benchmarks.floor import floor_tx, kernels_per_leaf
+
+    case = CASES[name]
+    with jax.enable_x64(False):
+        floor = kernels_per_leaf(floor_tx(case), shape=(16, 8))
+        assert floor == case.state_arrays + 1
+        assert kernels_per_leaf(case.jaxupdate(), shape=(16, 8)) == floor
+        # biases (1-D leaves) too
+        assert kernels_per_leaf(case.jaxupdate(), shape=(24,)) == floor
+
+
+def test_floor_steps_match_jaxupdate_numerically():
+    """The floor computes the same algorithm (to float32 rounding), so its time is comparable."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from benchmarks.floor import floor_tx
+
+    rng = np.random.default_rng(0)
+    shapes = [(6, 5), (6,)]
+    for name, case in CASES.items():
+        runs = []
+        for tx in (case.jaxupdate(), floor_tx(case)):
+            params = [jnp.asarray(rng.standard_normal(s, dtype=np.float32)) for s in shapes]
+            state = tx.init(params)
+            grng = np.random.default_rng(1)
+            for _ in range(5):
+                grads = [jnp.asarray(grng.standard_normal(s, dtype=np.float32)) for s in shapes]
+                updates, state = jax.jit(tx.update)(grads, state, params)
+                params = optax.apply_updates(params, updates)
+            runs.append(np.concatenate([np.ravel(p) for p in params]))
+            rng = np.random.default_rng(0)
+        np.testing.assert_allclose(runs[1], runs[0], rtol=2e-6, atol=1e-7, err_msg=name)
