@@ -141,3 +141,31 @@ def test_floor_steps_match_jaxupdate_numerically():
             runs.append(np.concatenate([np.ravel(p) for p in params]))
             rng = np.random.default_rng(0)
         np.testing.assert_allclose(runs[1], runs[0], rtol=2e-6, atol=1e-7, err_msg=name)
+
+
+def test_flat_layout_experiment_compares_the_same_algorithm(capsys):
+    """benchmarks/flat_layout.py times three layouts of one Adam step: they must agree."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks.flat_layout import main, variants
+
+    shapes = make_shapes(2_000, 6)
+    grads = [jnp.asarray(np.random.default_rng(k).standard_normal(s), jnp.float32)
+             for k, s in enumerate(shapes)]
+    finals = {}
+    with jax.enable_x64(False):
+        for name, (init, step) in variants(shapes).items():
+            params = [jnp.ones(s, jnp.float32) for s in shapes]
+            state = init(params)
+            for _ in range(3):
+                params, state = jax.jit(step)(params, state, grads)
+            finals[name] = np.concatenate([np.ravel(p) for p in params])
+        main(["--size", "2k", "--leaves", "6", "--rounds", "2"])
+    assert set(finals) == {"per-leaf", "flat", "flat-sliced"}
+    for name, got in finals.items():
+        np.testing.assert_allclose(got, finals["per-leaf"], rtol=1e-6, err_msg=name)
+    assert not np.allclose(finals["per-leaf"], 1.0)  # the steps moved the parameters
+    table = capsys.readouterr().out
+    assert table.count("| 6 |") == 3 and "fusion" in table
