@@ -42,7 +42,10 @@ def torch_momentum(
             later = add_scaled(mul_scalar(buf, mom), keep, g)
             if not first_step_copies:
                 return later
-            return jnp.where(state.count == 0, g, later)
+            # lax.select with a scalar predicate: jnp.where's broadcasting, without its tracing
+            # cost (once per leaf)
+            dt = jnp.result_type(g, later)
+            return jax.lax.select(state.count == 0, g.astype(dt), later.astype(dt))
 
         bufs = jax.tree.map(new_buf, updates, state.momentum_buffer)
         if nesterov:
