@@ -9,13 +9,13 @@ from torch.testing._internal import common_optimizers as co
 
 from jaxupdate.optim.adadelta import adadelta
 from jaxupdate.transforms.adaptive import TorchAdadeltaState
-from tests import adaptive_checks as ac
+from tests import parity as P
 from tests.parity import assert_parity
 
 TORCH = torch.optim.Adadelta
 
 # all pairs of option values (rho at both ends of its closed range), on top of torch's table
-GRID = ac.pairwise(
+GRID = P.pairwise(
     lr=[1.0, 0.1],
     rho=[0.9, 0.0, 1.0],
     eps=[1e-6, 1e-2],
@@ -24,13 +24,13 @@ GRID = ac.pairwise(
 )
 
 
-@pytest.mark.parametrize("kwargs", ac.torch_table(co.optim_inputs_func_adadelta))
-@pytest.mark.parametrize("dtype", ac.DTYPES, ids=ac.DTYPE_IDS)
+@pytest.mark.parametrize("kwargs", P.torch_table(co.optim_inputs_func_adadelta))
+@pytest.mark.parametrize("dtype", P.DTYPES, ids=P.DTYPE_IDS)
 def test_torch_table(kwargs, dtype):
     assert_parity(TORCH, adadelta, kwargs, dtype)
 
 
-@pytest.mark.parametrize("kwargs", GRID, ids=[ac.kw_id(kw) for kw in GRID])
+@pytest.mark.parametrize("kwargs", GRID, ids=[P.kw_id(kw) for kw in GRID])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_option_grid(kwargs, dtype):
     assert_parity(TORCH, adadelta, kwargs, dtype, steps=40)
@@ -44,33 +44,33 @@ def test_option_grid_complex():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["f64", "c128"])
 def test_state_matches_torch(dtype):
-    ac.assert_state_matches(
+    P.assert_state_matches(
         TORCH, adadelta, dict(rho=0.8, weight_decay=0.1), TorchAdadeltaState,
         ["square_avg", "acc_delta"], dtype,
     )
 
 
 def test_lr_schedule_matches_torch_group_lr():
-    ac.assert_schedule_parity(TORCH, adadelta, dict(rho=0.9), lambda c: 1.0 * 0.9**c)
+    P.assert_schedule_parity(TORCH, adadelta, dict(rho=0.9), lambda c: 1.0 * 0.9**c)
 
 
 def test_array_and_scheduled_hyperparameters():
     """1-element arrays and schedules for every float hyperparameter give torch's numbers."""
-    params, grads = ac.problem(torch.float64, 20)
+    params, grads = P.problem(torch.float64, 20)
     kw = dict(lr=0.5, rho=0.8, eps=1e-4, weight_decay=0.1)
     arrays = {k: np.array([v]) for k, v in kw.items()}
     schedules = {k: (lambda c, v=v: v + 0.0 * c) for k, v in kw.items()}
     for ju_kw in (arrays, schedules):
-        ac.assert_trajectory_parity(TORCH, adadelta, kw, params, grads, torch.float64, ju_kw)
+        P.assert_trajectory_parity(TORCH, adadelta, kw, params, grads, torch.float64, ju_kw)
 
 
 def test_signature_matches_torch():
-    ac.assert_signature_matches(TORCH, adadelta)
+    P.assert_signature_matches(TORCH, adadelta)
 
 
-@pytest.mark.parametrize("err", ac.error_cases(co.optim_error_inputs_func_adadelta))
+@pytest.mark.parametrize("err", P.error_cases(co.optim_error_inputs_func_adadelta))
 def test_torch_error_table(err):
-    ac.check_torch_error(TORCH, adadelta, err)
+    P.check_torch_error(TORCH, adadelta, err)
 
 
 @pytest.mark.parametrize(
@@ -84,4 +84,4 @@ def test_torch_error_table(err):
     ],
 )
 def test_errors_match_torch_wording(kwargs, message):
-    ac.check_same_error(TORCH, adadelta, kwargs, message)
+    P.check_same_error(TORCH, adadelta, kwargs, message)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,25 +16,23 @@ from tests.parity import (
     TOL,
     TORCH_ONLY_KWARGS,
     assert_parity,
+    assert_signature_matches,
+    check_same_error,
+    error_cases,
+    jax_params,
     problem,
     rel_err,
     run_jax,
     run_torch,
     to_jax_kwargs,
+    torch_table,
 )
 
 # tests.parity.SHAPES: a (3, 4) matrix, a (5,) vector, a 0-d scalar and a (2, 3, 2) tensor, so
 # both the factored (ndim >= 2, incl. a batch axis) and the full-variance (ndim 0, 1) paths run.
 
 
-def _torch_table():
-    return [
-        pytest.param(oi.kwargs, id=oi.desc.replace(" ", "_"))
-        for oi in co.optim_inputs_func_adafactor(device="cpu", dtype=torch.float64)
-    ]
-
-
-@pytest.mark.parametrize("kwargs", _torch_table())
+@pytest.mark.parametrize("kwargs", torch_table(co.optim_inputs_func_adafactor))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_torch_table(kwargs, dtype):
     assert_parity(torch.optim.Adafactor, adafactor, kwargs, dtype)
@@ -182,36 +178,10 @@ def test_float32_state_and_jit_without_retrace():
 
 
 def test_defaults_match_torch():
-    """Same argument names, order, kinds and defaults as torch (minus params/foreach)."""
-    t_params = [
-        p
-        for p in inspect.signature(torch.optim.Adafactor.__init__).parameters.values()
-        if p.name not in ("self", "params", *TORCH_ONLY_KWARGS)
-    ]
-    j_params = list(inspect.signature(adafactor).parameters.values())
-    assert [p.name for p in j_params] == [p.name for p in t_params]
-    for tp, jp in zip(t_params, j_params, strict=True):
-        assert tp.kind == jp.kind, tp.name
-        assert tp.default == jp.default, (tp.name, tp.default, jp.default)
+    assert_signature_matches(torch.optim.Adafactor, adafactor)
 
 
-def _error_cases():
-    out = []
-    for e in co.optim_error_inputs_func_adafactor(device="cpu", dtype=torch.float64):
-        out.append(pytest.param(e, id=e.optimizer_error_input.desc.replace(" ", "_")))
-    return out
-
-
-def _as_jax_params(params):
-    """torch's list of distinct plain tensors as a list of arrays, else None (torch-only API)."""
-    if not isinstance(params, list) or not all(type(p) is torch.Tensor for p in params):
-        return None
-    if len({id(p) for p in params}) != len(params):
-        return None
-    return [jnp.asarray(p.detach().numpy()) for p in params]
-
-
-@pytest.mark.parametrize("err", _error_cases())
+@pytest.mark.parametrize("err", error_cases(co.optim_error_inputs_func_adafactor))
 def test_torch_error_table(err):
     """torch's optim_error_inputs_func_adafactor: same exception type and message.
 
@@ -228,7 +198,7 @@ def test_torch_error_table(err):
         with pytest.raises(err.error_type, match=err.error_regex):
             torch.optim.Adafactor([torch.zeros(2, requires_grad=True)], **oi.kwargs)
         return
-    jparams = _as_jax_params(oi.params)
+    jparams = jax_params(oi.params)
     if jparams is None:
         pytest.skip("about torch's `params` argument (groups, names, duplicates)")
     tx = adafactor(**to_jax_kwargs(oi.kwargs))
@@ -257,8 +227,4 @@ def test_torch_error_table(err):
     ],
 )
 def test_errors_match_torch_wording(kwargs, message):
-    with pytest.raises(ValueError, match="^" + message + "$"):
-        adafactor(**kwargs)
-    t_kwargs = {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
-    with pytest.raises(ValueError, match="^" + message + "$"):
-        torch.optim.Adafactor([torch.zeros(2, requires_grad=True)], **t_kwargs)
+    check_same_error(torch.optim.Adafactor, adafactor, kwargs, message)

@@ -10,7 +10,7 @@ from torch.testing._internal import common_optimizers as co
 
 from jaxupdate.optim.adagrad import adagrad
 from jaxupdate.transforms.adaptive import TorchAdagradState
-from tests import adaptive_checks as ac
+from tests import parity as ac
 from tests.parity import assert_parity
 
 TORCH = torch.optim.Adagrad

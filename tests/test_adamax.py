@@ -9,13 +9,13 @@ from torch.testing._internal import common_optimizers as co
 
 from jaxupdate.optim.adamax import adamax
 from jaxupdate.transforms.adaptive import TorchAdamaxState
-from tests import adaptive_checks as ac
+from tests import parity as P
 from tests.parity import assert_parity
 
 TORCH = torch.optim.Adamax
 
 # all pairs of option values (betas (0, 0): exp_avg = g, exp_inf = |g| + eps), plus torch's table
-GRID = ac.pairwise(
+GRID = P.pairwise(
     lr=[0.05],
     betas=[(0.9, 0.999), (0.5, 0.9), (0.0, 0.0)],
     eps=[1e-8, 1e-1],
@@ -24,13 +24,13 @@ GRID = ac.pairwise(
 )
 
 
-@pytest.mark.parametrize("kwargs", ac.torch_table(co.optim_inputs_func_adamax))
-@pytest.mark.parametrize("dtype", ac.DTYPES, ids=ac.DTYPE_IDS)
+@pytest.mark.parametrize("kwargs", P.torch_table(co.optim_inputs_func_adamax))
+@pytest.mark.parametrize("dtype", P.DTYPES, ids=P.DTYPE_IDS)
 def test_torch_table(kwargs, dtype):
     assert_parity(TORCH, adamax, kwargs, dtype)
 
 
-@pytest.mark.parametrize("kwargs", GRID, ids=[ac.kw_id(kw) for kw in GRID])
+@pytest.mark.parametrize("kwargs", GRID, ids=[P.kw_id(kw) for kw in GRID])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_option_grid(kwargs, dtype):
     assert_parity(TORCH, adamax, kwargs, dtype, steps=40)
@@ -49,26 +49,26 @@ def test_complex_is_componentwise_not_modulus():
     tx = adamax(lr=0.1, betas=(0.0, 0.0), eps=0.0)
     p = jnp.array([1.0 + 1.0j])
     updates, state = tx.update(jnp.array([3.0 - 4.0j]), tx.init(p), p)
-    block = ac.find_state(state, TorchAdamaxState)
+    block = P.find_state(state, TorchAdamaxState)
     np.testing.assert_array_equal(block.exp_inf, [[3.0, 4.0]])
     np.testing.assert_allclose(updates, [-0.1 + 0.1j])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["f64", "c128"])
 def test_state_matches_torch(dtype):
-    ac.assert_state_matches(
+    P.assert_state_matches(
         TORCH, adamax, dict(betas=(0.8, 0.95), weight_decay=0.1), TorchAdamaxState,
         ["exp_avg", "exp_inf"], dtype,
     )
 
 
 def test_lr_schedule_matches_torch_group_lr():
-    ac.assert_schedule_parity(TORCH, adamax, dict(weight_decay=0.1), lambda c: 0.05 * 0.9**c)
+    P.assert_schedule_parity(TORCH, adamax, dict(weight_decay=0.1), lambda c: 0.05 * 0.9**c)
 
 
 def test_array_and_scheduled_hyperparameters():
     """1-element arrays and schedules for every float hyperparameter give torch's numbers."""
-    params, grads = ac.problem(torch.float64, 20)
+    params, grads = P.problem(torch.float64, 20)
     kw = dict(lr=0.05, betas=(0.8, 0.95), eps=1e-3, weight_decay=0.1)
     arrays = {k: (tuple(np.array([b]) for b in v) if k == "betas" else np.array([v]))
               for k, v in kw.items()}
@@ -77,16 +77,16 @@ def test_array_and_scheduled_hyperparameters():
                  for k, v in kw.items()}
     mixed = dict(kw, betas=(0.8, np.array(0.95)))  # torch's Adamax accepts a float and a tensor
     for ju_kw in (arrays, schedules, mixed):
-        ac.assert_trajectory_parity(TORCH, adamax, kw, params, grads, torch.float64, ju_kw)
+        P.assert_trajectory_parity(TORCH, adamax, kw, params, grads, torch.float64, ju_kw)
 
 
 def test_signature_matches_torch():
-    ac.assert_signature_matches(TORCH, adamax)
+    P.assert_signature_matches(TORCH, adamax)
 
 
-@pytest.mark.parametrize("err", ac.error_cases(co.optim_error_inputs_func_adamax))
+@pytest.mark.parametrize("err", P.error_cases(co.optim_error_inputs_func_adamax))
 def test_torch_error_table(err):
-    ac.check_torch_error(TORCH, adamax, err)
+    P.check_torch_error(TORCH, adamax, err)
 
 
 @pytest.mark.parametrize(
@@ -101,4 +101,4 @@ def test_torch_error_table(err):
     ],
 )
 def test_errors_match_torch_wording(kwargs, message):
-    ac.check_same_error(TORCH, adamax, kwargs, message)
+    P.check_same_error(TORCH, adamax, kwargs, message)

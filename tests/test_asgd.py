@@ -13,38 +13,28 @@ from torch.testing._internal import common_optimizers as co
 from jaxupdate.optim.asgd import asgd, averaged_params
 from jaxupdate.optim.sgd import sgd
 from jaxupdate.transforms.asgd import TorchASGDState
-from tests.adaptive_checks import assert_signature_matches, check_torch_error, error_cases
-from tests.oracle import (
+from tests.oracle import run_jax_states, run_torch_states
+from tests.parity import (
+    DTYPE_IDS,
+    DTYPES,
+    TOL,
+    array_kwargs,
+    assert_float32_without_x64,
+    construction_tests,
     find_state,
+    kw_id,
     max_rel,
     pairwise,
-    run_jax_states,
-    run_torch_states,
-)
-from tests.parity import (
-    TOL,
-    assert_parity,
+    parity_tests,
     problem,
     rel_err,
     run_jax,
+    run_jax_scan,
     run_torch,
+    run_torch_float64_scalars,
 )
 
 TORCH_CLS = torch.optim.ASGD
-DTYPES = [torch.float64, torch.float32, torch.complex128]
-DTYPE_IDS = ["f64", "f32", "c128"]
-
-TABLE = [
-    pytest.param(oi.kwargs, id=oi.desc.replace(" ", "_"))
-    for oi in co.optim_inputs_func_asgd(device="cpu", dtype=torch.float64)
-]
-
-
-@pytest.mark.parametrize("kwargs", TABLE)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_torch_table(kwargs, dtype):
-    assert_parity(TORCH_CLS, asgd, kwargs, dtype)
-
 
 # Every value of every option meets every value of every other option at least once;
 # t0 = 5 starts the averaging (mu != 1) within the 40 steps.
@@ -56,21 +46,10 @@ GRID = pairwise(
     weight_decay=[0.0, 0.1],
     maximize=[False, True],
 )
-GRID_IDS = ["-".join(f"{k}={v}" for k, v in kw.items()) for kw in GRID]
 
-
-@pytest.mark.parametrize("kwargs", GRID, ids=GRID_IDS)
-@pytest.mark.parametrize("dtype", DTYPES[:2], ids=DTYPE_IDS[:2])
-def test_option_grid(kwargs, dtype):
-    assert_parity(TORCH_CLS, asgd, kwargs, dtype, steps=40)
-
-
-def test_grid_complex():
-    """Every option on complex parameters too (torch views them as real pairs)."""
-    for kw in GRID[::3]:
-        assert_parity(TORCH_CLS, asgd, kw, torch.complex128, steps=20)
-    for kw in GRID[1:2]:
-        assert_parity(TORCH_CLS, asgd, kw, torch.complex64, steps=20)
+test_torch_table, test_option_grid, test_grid_complex = parity_tests(
+    TORCH_CLS, asgd, co.optim_inputs_func_asgd, GRID, [kw_id(kw) for kw in GRID]
+)
 
 
 @pytest.mark.parametrize("t0", [0.0, 5.0, 1e6], ids=["t0=0", "t0=5", "t0=1e6"])
@@ -150,12 +129,7 @@ def test_float32_eta_is_what_torch_keeps():
     params, grads = problem(torch.float64, 30)
     t = run_torch(TORCH_CLS, kw, params, grads, torch.float64)
     assert rel_err(run_jax(asgd(**kw), params, grads, torch.float64), t) <= TOL[torch.float64]
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        t64 = run_torch(TORCH_CLS, kw, params, grads, torch.float64)
-    finally:
-        torch.set_default_dtype(old)
+    t64 = run_torch_float64_scalars(TORCH_CLS, kw, params, grads, torch.float64)
     assert rel_err(t64, t) > 100 * TOL[torch.float64]
 
 
@@ -164,18 +138,7 @@ def test_jit_scan_no_python_flags():
     kw = dict(lr=0.05, lambd=0.01, t0=3.0, weight_decay=0.1, maximize=True)
     params, grads = problem(torch.float64, 20)
     t, t_states = run_torch_states(TORCH_CLS, kw, params, grads, torch.float64)
-    tx = asgd(**kw)
-    p0 = [jnp.asarray(p) for p in params]
-    gs = [jnp.stack([jnp.asarray(g[i]) for g in grads]) for i in range(len(params))]
-
-    def body(carry, g):
-        p, s = carry
-        u, s = tx.update(g, s, p)
-        p = jax.tree.map(jnp.add, p, u)
-        return (p, s), p
-
-    (_, state), ps = jax.jit(lambda p, gs: jax.lax.scan(body, (p, tx.init(p)), gs))(p0, gs)
-    j = [[np.asarray(x[k]) for x in ps] for k in range(len(grads))]
+    j, state = run_jax_scan(asgd(**kw), params, grads)
     assert rel_err(j, t) <= TOL[torch.float64]
     for leaf, x in enumerate(averaged_params(state)):
         assert max_rel(np.asarray(x), t_states[-1][leaf]["ax"]) <= TOL[torch.float64]
@@ -208,8 +171,8 @@ def test_array_hyperparameters():
     kw = dict(lr=0.05, lambd=0.01, alpha=0.6, t0=4.0, weight_decay=0.1)
     params, grads = problem(torch.float64, 20)
     t = run_torch(TORCH_CLS, kw, params, grads, torch.float64)
-    arr = {k: np.array([v]) for k, v in kw.items()}
-    assert rel_err(run_jax(asgd(**arr), params, grads, torch.float64), t) <= TOL[torch.float64]
+    j = run_jax(asgd(**array_kwargs(kw)), params, grads, torch.float64)
+    assert rel_err(j, t) <= TOL[torch.float64]
 
 
 def test_needs_params():
@@ -219,38 +182,22 @@ def test_needs_params():
 
 
 def test_float32_without_x64():
-    """Default JAX (x64 off): float32 scalar math still tracks torch's double scalars."""
-    params, grads = problem(torch.float32, 30)
     kw = dict(lr=0.05, lambd=0.01, t0=5.0, weight_decay=0.1)
-    t = run_torch(TORCH_CLS, kw, params, grads, torch.float32)
-    with jax.enable_x64(False):
-        j = run_jax(asgd(**kw), params, grads, torch.float32)
-    assert j[0][0].dtype == np.float32
-    assert rel_err(j, t) <= 1e-5
+    assert_float32_without_x64(TORCH_CLS, asgd, kw)
 
 
-def test_defaults_match_torch():
-    assert_signature_matches(TORCH_CLS, asgd)
-
-
-@pytest.mark.parametrize("err", error_cases(co.optim_error_inputs_func_asgd))
-def test_torch_error_table(err):
-    check_torch_error(TORCH_CLS, asgd, err)
-
-
-@pytest.mark.parametrize(
-    "kwargs,message",
-    [
-        (dict(lr=-1.0), "Invalid learning rate: -1.0"),
-        (dict(weight_decay=-0.1), "Invalid weight_decay value: -0.1"),
-        (dict(lr=-1.0, weight_decay=-0.1), "Invalid learning rate: -1.0"),
-    ],
+test_defaults_match_torch, test_torch_error_table, test_errors_match_torch_wording = (
+    construction_tests(
+        TORCH_CLS,
+        asgd,
+        co.optim_error_inputs_func_asgd,
+        [
+            (dict(lr=-1.0), "Invalid learning rate: -1.0"),
+            (dict(weight_decay=-0.1), "Invalid weight_decay value: -0.1"),
+            (dict(lr=-1.0, weight_decay=-0.1), "Invalid learning rate: -1.0"),
+        ],
+    )
 )
-def test_errors_match_torch_wording(kwargs, message):
-    with pytest.raises(ValueError, match="^" + message + "$"):
-        asgd(**kwargs)
-    with pytest.raises(ValueError, match="^" + message + "$"):
-        TORCH_CLS([torch.zeros(2, requires_grad=True)], **kwargs)
 
 
 def test_unchecked_like_torch():

@@ -18,7 +18,13 @@ import torch
 from torch.testing._internal import common_optimizers as co
 
 from jaxupdate.optim.lbfgs import LBFGSState, lbfgs, lbfgs_history
-from tests.parity import TOL, TORCH_ONLY_KWARGS, to_jax_kwargs
+from tests.parity import (
+    TOL,
+    assert_signature_matches,
+    check_torch_error,
+    error_cases,
+    to_jax_kwargs,
+)
 
 JAX_DTYPE = {torch.float64: jnp.float64, torch.float32: jnp.float32,
              torch.complex128: jnp.complex128}  # fmt: skip
@@ -499,38 +505,12 @@ def test_update_requires_closure():
 
 
 def test_defaults_match_torch():
-    t_params = [
-        p
-        for p in inspect.signature(torch.optim.LBFGS.__init__).parameters.values()
-        if p.name not in ("self", "params", *TORCH_ONLY_KWARGS)
-    ]
-    j_params = list(inspect.signature(lbfgs).parameters.values())
-    assert [p.name for p in j_params] == [p.name for p in t_params]
-    for tp, jp in zip(t_params, j_params):
-        assert tp.kind == jp.kind, tp.name
-        assert tp.default == jp.default, (tp.name, tp.default, jp.default)
+    assert_signature_matches(torch.optim.LBFGS, lbfgs)
 
 
-def _error_cases():
-    out = []
-    for e in co.optim_error_inputs_func_lbfgs(device="cpu", dtype=torch.float64):
-        out.append(pytest.param(e, id=e.optimizer_error_input.desc.replace(" ", "_")))
-    return out
-
-
-@pytest.mark.parametrize("err", _error_cases())
+@pytest.mark.parametrize("err", error_cases(co.optim_error_inputs_func_lbfgs))
 def test_torch_error_table(err):
-    oi = err.optimizer_error_input
-    if oi.params is not None:
-        pytest.skip(
-            "about torch's `params` argument (param groups, names): jaxupdate takes pytrees"
-        )
-    if err.error_on != co.OptimizerErrorEnum.CONSTRUCTION_ERROR:
-        pytest.skip("raised by torch's step(), not its constructor")
-    with pytest.raises(err.error_type, match=err.error_regex):
-        lbfgs(**to_jax_kwargs(oi.kwargs))
-    with pytest.raises(err.error_type, match=err.error_regex):
-        torch.optim.LBFGS([torch.zeros(2, requires_grad=True)], **oi.kwargs)
+    check_torch_error(torch.optim.LBFGS, lbfgs, err)
 
 
 def test_errors_match_torch_wording():

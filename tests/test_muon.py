@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import re
 
 import jax
@@ -20,11 +19,16 @@ from tests.parity import (
     TOL,
     TORCH_ONLY_KWARGS,
     assert_parity,
+    assert_signature_matches,
+    check_same_error,
+    error_cases,
+    jax_params,
     problem,
     rel_err,
     run_jax,
     run_torch,
     to_jax_kwargs,
+    torch_table,
 )
 
 # Muon takes matrices only: wide, tall (transposed inside Newton-Schulz) and square ones.
@@ -39,14 +43,7 @@ SHAPES = ((3, 4), (5, 3), (4, 4))
 # table and the grid below. Hence the standard tolerance tests.parity.TOL, not a bfloat16 one.
 
 
-def _torch_table():
-    return [
-        pytest.param(oi.kwargs, id=oi.desc.replace(" ", "_"))
-        for oi in co.optim_inputs_func_muon(device="cpu", dtype=torch.float64)
-    ]
-
-
-@pytest.mark.parametrize("kwargs", _torch_table())
+@pytest.mark.parametrize("kwargs", torch_table(co.optim_inputs_func_muon))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_torch_table(kwargs, dtype):
     assert_parity(torch.optim.Muon, muon, kwargs, dtype, shapes=SHAPES)
@@ -163,35 +160,10 @@ def test_state_matches_torch_and_jit_without_retrace():
 
 
 def test_defaults_match_torch():
-    t_params = [
-        p
-        for p in inspect.signature(torch.optim.Muon.__init__).parameters.values()
-        if p.name not in ("self", "params", *TORCH_ONLY_KWARGS)
-    ]
-    j_params = list(inspect.signature(muon).parameters.values())
-    assert [p.name for p in j_params] == [p.name for p in t_params]
-    for tp, jp in zip(t_params, j_params, strict=True):
-        assert tp.kind == jp.kind, tp.name
-        assert tp.default == jp.default, (tp.name, tp.default, jp.default)
+    assert_signature_matches(torch.optim.Muon, muon)
 
 
-def _error_cases():
-    return [
-        pytest.param(e, id=e.optimizer_error_input.desc.replace(" ", "_"))
-        for e in co.optim_error_inputs_func_muon(device="cpu", dtype=torch.float64)
-    ]
-
-
-def _as_jax_params(params):
-    """torch's list of distinct plain tensors as a list of arrays, else None (torch-only API)."""
-    if not isinstance(params, list) or not all(type(p) is torch.Tensor for p in params):
-        return None
-    if len({id(p) for p in params}) != len(params):
-        return None
-    return [jnp.asarray(p.detach().numpy()) for p in params]
-
-
-@pytest.mark.parametrize("err", _error_cases())
+@pytest.mark.parametrize("err", error_cases(co.optim_error_inputs_func_muon))
 def test_torch_error_table(err):
     """torch's optim_error_inputs_func_muon: same exception type and message.
 
@@ -202,7 +174,7 @@ def test_torch_error_table(err):
     oi = err.optimizer_error_input
     if any(k in oi.kwargs for k in TORCH_ONLY_KWARGS):
         pytest.skip("about torch kernel choices, not the mathematics")
-    jparams = None if oi.params is None else _as_jax_params(oi.params)
+    jparams = None if oi.params is None else jax_params(oi.params)
     if oi.params is not None and jparams is None:
         pytest.skip("about torch's `params` argument (groups, names, duplicates)")
     try:
@@ -240,15 +212,9 @@ def test_torch_error_table(err):
     ],
 )
 def test_errors_match_torch_wording(kwargs, message, torch_on_step):
-    with pytest.raises(ValueError, match="^" + message + "$"):
-        muon(**kwargs)
-    t_kwargs = {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
-    p = torch.zeros(2, 2, requires_grad=True)
-    with pytest.raises(ValueError, match="^" + message + "$"):
-        opt = torch.optim.Muon([p], **t_kwargs)
-        assert torch_on_step
-        p.grad = torch.ones(2, 2)
-        opt.step()
+    check_same_error(
+        torch.optim.Muon, muon, kwargs, message, shape=(2, 2), torch_on_step=torch_on_step
+    )
 
 
 def test_non_matrix_message():

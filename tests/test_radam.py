@@ -11,39 +11,28 @@ from torch.testing._internal import common_optimizers as co
 
 from jaxupdate.optim.radam import radam
 from jaxupdate.transforms.nadam_radam import TorchRAdamState, radam_rho
-from tests.adaptive_checks import assert_signature_matches, check_torch_error, error_cases
-from tests.oracle import (
-    as_real,
-    find_state,
-    max_rel,
-    pairwise,
-    run_jax_states,
-    run_torch_states,
-)
+from tests.oracle import run_jax_states, run_torch_states
 from tests.parity import (
     TOL,
+    array_kwargs,
+    as_real,
+    assert_float32_without_x64,
     assert_parity,
+    assert_without_params,
+    construction_tests,
+    find_state,
+    kw_id,
+    max_rel,
+    pairwise,
+    parity_tests,
     problem,
     rel_err,
     run_jax,
+    run_jax_scan,
     run_torch,
 )
 
 TORCH_CLS = torch.optim.RAdam
-DTYPES = [torch.float64, torch.float32, torch.complex128]
-DTYPE_IDS = ["f64", "f32", "c128"]
-
-TABLE = [
-    pytest.param(oi.kwargs, id=oi.desc.replace(" ", "_"))
-    for oi in co.optim_inputs_func_radam(device="cpu", dtype=torch.float64)
-]
-
-
-@pytest.mark.parametrize("kwargs", TABLE)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_torch_table(kwargs, dtype):
-    assert_parity(TORCH_CLS, radam, kwargs, dtype)
-
 
 # Every value of every option meets every value of every other option at least once.
 GRID = pairwise(
@@ -54,21 +43,10 @@ GRID = pairwise(
     decoupled_weight_decay=[False, True],
     maximize=[False, True],
 )
-GRID_IDS = ["-".join(f"{k}={v}" for k, v in kw.items() if k != "lr") for kw in GRID]
 
-
-@pytest.mark.parametrize("kwargs", GRID, ids=GRID_IDS)
-@pytest.mark.parametrize("dtype", DTYPES[:2], ids=DTYPE_IDS[:2])
-def test_option_grid(kwargs, dtype):
-    assert_parity(TORCH_CLS, radam, kwargs, dtype, steps=40)
-
-
-def test_grid_complex():
-    """Every option on complex parameters too (torch views them as real pairs)."""
-    for kw in GRID[::3]:
-        assert_parity(TORCH_CLS, radam, kw, torch.complex128, steps=20)
-    for kw in GRID[1:2]:
-        assert_parity(TORCH_CLS, radam, kw, torch.complex64, steps=20)
+test_torch_table, test_option_grid, test_grid_complex = parity_tests(
+    TORCH_CLS, radam, co.optim_inputs_func_radam, GRID, [kw_id(kw, skip=("lr",)) for kw in GRID]
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["f64", "c128"])
@@ -129,18 +107,7 @@ def test_jit_scan_no_python_flags():
     kw = dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)
     params, grads = problem(torch.float64, 30)
     t = run_torch(TORCH_CLS, kw, params, grads, torch.float64)
-    tx = radam(**kw)
-    p0 = [jnp.asarray(p) for p in params]
-    gs = [jnp.stack([jnp.asarray(g[i]) for g in grads]) for i in range(len(params))]
-
-    def body(carry, g):
-        p, s = carry
-        u, s = tx.update(g, s, p)
-        p = jax.tree.map(jnp.add, p, u)
-        return (p, s), p
-
-    _, ps = jax.jit(lambda p, gs: jax.lax.scan(body, (p, tx.init(p)), gs))(p0, gs)
-    j = [[np.asarray(x[k]) for x in ps] for k in range(len(grads))]
+    j, _ = run_jax_scan(radam(**kw), params, grads)
     assert rel_err(j, t) <= TOL[torch.float64]
 
 
@@ -168,67 +135,40 @@ def test_array_hyperparameters():
     kw = dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)
     params, grads = problem(torch.float64, 20)
     t = run_torch(TORCH_CLS, kw, params, grads, torch.float64)
-    arr = {k: (tuple(np.array([b]) for b in v) if k == "betas" else np.array([v]))
-           for k, v in kw.items()}
-    assert rel_err(run_jax(radam(**arr), params, grads, torch.float64), t) <= TOL[torch.float64]
+    j = run_jax(radam(**array_kwargs(kw)), params, grads, torch.float64)
+    assert rel_err(j, t) <= TOL[torch.float64]
 
 
 def test_without_params():
     """update(grads, state) without params: the same step up to rounding (one add less)."""
-    params, grads = problem(torch.float64, 20)
-    t = run_torch(TORCH_CLS, dict(lr=0.01, maximize=True), params, grads, torch.float64)
-    tx = radam(lr=0.01, maximize=True)
-    p = [jnp.asarray(x) for x in params]
-    s = tx.init(p)
-    update = jax.jit(tx.update)
-    for k, g in enumerate(grads):
-        u, s = update([jnp.asarray(x) for x in g], s)
-        p = jax.tree.map(jnp.add, p, u)
-        for a, b in zip(p, t[k], strict=True):
-            assert max_rel(np.asarray(a), b) <= 1e-13
+    assert_without_params(TORCH_CLS, radam, dict(lr=0.01, maximize=True))
     with pytest.raises(ValueError, match="needs the current parameters"):
         tx = radam(weight_decay=0.1, decoupled_weight_decay=True)
         tx.update([jnp.ones(2)], tx.init([jnp.ones(2)]))
 
 
 def test_float32_without_x64():
-    """Default JAX (x64 off): float32 scalar math still tracks torch's double scalars."""
-    params, grads = problem(torch.float32, 30)
     kw = dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, betas=(0.9, 0.99))
-    t = run_torch(TORCH_CLS, kw, params, grads, torch.float32)
-    with jax.enable_x64(False):
-        j = run_jax(radam(**kw), params, grads, torch.float32)
-    assert j[0][0].dtype == np.float32
-    assert rel_err(j, t) <= 1e-5
+    assert_float32_without_x64(TORCH_CLS, radam, kw)
 
 
-def test_defaults_match_torch():
-    assert_signature_matches(TORCH_CLS, radam)
-
-
-@pytest.mark.parametrize("err", error_cases(co.optim_error_inputs_func_radam))
-def test_torch_error_table(err):
-    check_torch_error(TORCH_CLS, radam, err)
-
-
-@pytest.mark.parametrize(
-    "kwargs,message",
-    [
-        (dict(lr=-1.0), "Invalid learning rate: -1.0"),
-        (dict(eps=-1e-8), "Invalid epsilon value: -1e-08"),
-        (dict(betas=(0.9, 1.0)), "Invalid beta parameter at index 1: 1.0"),
-        (dict(betas=(-0.1, 0.9)), "Invalid beta parameter at index 0: -0.1"),
-        (dict(weight_decay=-0.1), "Invalid weight_decay value: -0.1"),
-        # torch checks eps before betas, betas before weight_decay
-        (dict(eps=-1.0, betas=(1.0, 0.9)), "Invalid epsilon value: -1.0"),
-        (dict(betas=(1.0, 0.9), weight_decay=-1.0), "Invalid beta parameter at index 0: 1.0"),
-    ],
+test_defaults_match_torch, test_torch_error_table, test_errors_match_torch_wording = (
+    construction_tests(
+        TORCH_CLS,
+        radam,
+        co.optim_error_inputs_func_radam,
+        [
+            (dict(lr=-1.0), "Invalid learning rate: -1.0"),
+            (dict(eps=-1e-8), "Invalid epsilon value: -1e-08"),
+            (dict(betas=(0.9, 1.0)), "Invalid beta parameter at index 1: 1.0"),
+            (dict(betas=(-0.1, 0.9)), "Invalid beta parameter at index 0: -0.1"),
+            (dict(weight_decay=-0.1), "Invalid weight_decay value: -0.1"),
+            # torch checks eps before betas, betas before weight_decay
+            (dict(eps=-1.0, betas=(1.0, 0.9)), "Invalid epsilon value: -1.0"),
+            (dict(betas=(1.0, 0.9), weight_decay=-1.0), "Invalid beta parameter at index 0: 1.0"),
+        ],
+    )
 )
-def test_errors_match_torch_wording(kwargs, message):
-    with pytest.raises(ValueError, match="^" + message + "$"):
-        radam(**kwargs)
-    with pytest.raises(ValueError, match="^" + message + "$"):
-        TORCH_CLS([torch.zeros(2, requires_grad=True)], **kwargs)
 
 
 def test_float_and_array_betas_mix_like_torch():

@@ -10,13 +10,13 @@ from torch.testing._internal import common_optimizers as co
 
 from jaxupdate.optim.rprop import rprop
 from jaxupdate.transforms.adaptive import TorchRpropState
-from tests import adaptive_checks as ac
+from tests import parity as P
 from tests.parity import assert_parity
 
 TORCH = torch.optim.Rprop
 
 # all pairs of option values; lr=1e-7 lies below step_size_min, so the first step clamps it
-GRID = ac.pairwise(
+GRID = P.pairwise(
     lr=[1e-2, 1e-7, 0.5],
     etas=[(0.5, 1.2), (0.1, 3.0)],
     step_sizes=[(1e-6, 50), (1e-3, 0.02)],
@@ -24,13 +24,13 @@ GRID = ac.pairwise(
 )
 
 
-@pytest.mark.parametrize("kwargs", ac.torch_table(co.optim_inputs_func_rprop))
-@pytest.mark.parametrize("dtype", ac.DTYPES, ids=ac.DTYPE_IDS)
+@pytest.mark.parametrize("kwargs", P.torch_table(co.optim_inputs_func_rprop))
+@pytest.mark.parametrize("dtype", P.DTYPES, ids=P.DTYPE_IDS)
 def test_torch_table(kwargs, dtype):
     assert_parity(TORCH, rprop, kwargs, dtype)
 
 
-@pytest.mark.parametrize("kwargs", GRID, ids=[ac.kw_id(kw) for kw in GRID])
+@pytest.mark.parametrize("kwargs", GRID, ids=[P.kw_id(kw) for kw in GRID])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_option_grid(kwargs, dtype):
     assert_parity(TORCH, rprop, kwargs, dtype, steps=40)
@@ -44,7 +44,7 @@ def test_option_grid_complex():
 
 def _sign_pattern_problem(dtype, steps=30, seed=3):
     """Gradients with exact zeros and runs of equal signs: every branch of torch's sign rule."""
-    params, grads = ac.problem(dtype, steps, seed=seed)
+    params, grads = P.problem(dtype, steps, seed=seed)
     rng = np.random.default_rng(seed)
     out = []
     for g in grads:
@@ -62,12 +62,12 @@ def _sign_pattern_problem(dtype, steps=30, seed=3):
 def test_zero_gradients_and_repeated_signs(dtype):
     params, grads = _sign_pattern_problem(dtype)
     for kw in (dict(), dict(etas=(0.3, 2.0), step_sizes=(1e-4, 0.3), maximize=True)):
-        ac.assert_trajectory_parity(TORCH, rprop, kw, params, grads, dtype)
+        P.assert_trajectory_parity(TORCH, rprop, kw, params, grads, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["f64", "c128"])
 def test_state_matches_torch(dtype):
-    ac.assert_state_matches(
+    P.assert_state_matches(
         TORCH, rprop, dict(lr=0.05, etas=(0.4, 1.3)), TorchRpropState,
         ["prev", "step_size"], dtype,
     )
@@ -76,16 +76,16 @@ def test_state_matches_torch(dtype):
 def test_lr_schedule_seeds_step_size_once():
     """torch fills step_size from the group's lr at its first step and never reads lr again."""
     sched = lambda c: 0.05 * 0.5**c  # noqa: E731
-    ac.assert_schedule_parity(TORCH, rprop, dict(), sched)
+    P.assert_schedule_parity(TORCH, rprop, dict(), sched)
     # the schedule's value at count 0 only: same trajectory as a constant lr
-    params, grads = ac.problem(torch.float64, 10)
-    ac.assert_trajectory_parity(TORCH, rprop, dict(lr=0.05), params, grads, torch.float64,
+    params, grads = P.problem(torch.float64, 10)
+    P.assert_trajectory_parity(TORCH, rprop, dict(lr=0.05), params, grads, torch.float64,
                                 dict(lr=sched))
 
 
 def test_array_and_scheduled_hyperparameters():
     """1-element arrays and schedules for every float hyperparameter give torch's numbers."""
-    params, grads = ac.problem(torch.float64, 20)
+    params, grads = P.problem(torch.float64, 20)
     kw = dict(lr=0.05, etas=(0.4, 1.3), step_sizes=(1e-3, 0.2))
     arrays = {k: (tuple(np.array([b]) for b in v) if isinstance(v, tuple) else np.array([v]))
               for k, v in kw.items()}
@@ -93,7 +93,7 @@ def test_array_and_scheduled_hyperparameters():
     schedules = {k: (tuple(const(b) for b in v) if isinstance(v, tuple) else const(v))
                  for k, v in kw.items()}
     for ju_kw in (arrays, schedules):
-        ac.assert_trajectory_parity(TORCH, rprop, kw, params, grads, torch.float64, ju_kw)
+        P.assert_trajectory_parity(TORCH, rprop, kw, params, grads, torch.float64, ju_kw)
 
 
 def test_first_step_and_sign_change_by_hand():
@@ -105,7 +105,7 @@ def test_first_step_and_sign_change_by_hand():
     u, state = tx.update(jnp.array([2.0, 1.0, 1.0]), state)
     # same sign: 0.2; changed sign: 0.05 and no move; zero product: step_size kept
     np.testing.assert_allclose(u, [-0.2, 0.0, -0.1])
-    block = ac.find_state(state, TorchRpropState)
+    block = P.find_state(state, TorchRpropState)
     np.testing.assert_allclose(block.step_size, [0.2, 0.05, 0.1])
     np.testing.assert_array_equal(block.prev, [2.0, 0.0, 1.0])
     u, state = tx.update(jnp.array([3.0, 1.0, 1.0]), state)
@@ -114,12 +114,12 @@ def test_first_step_and_sign_change_by_hand():
 
 
 def test_signature_matches_torch():
-    ac.assert_signature_matches(TORCH, rprop)
+    P.assert_signature_matches(TORCH, rprop)
 
 
-@pytest.mark.parametrize("err", ac.error_cases(co.optim_error_inputs_func_rprop))
+@pytest.mark.parametrize("err", P.error_cases(co.optim_error_inputs_func_rprop))
 def test_torch_error_table(err):
-    ac.check_torch_error(TORCH, rprop, err)
+    P.check_torch_error(TORCH, rprop, err)
 
 
 @pytest.mark.parametrize(
@@ -132,4 +132,4 @@ def test_torch_error_table(err):
     ],
 )
 def test_errors_match_torch_wording(kwargs, message):
-    ac.check_same_error(TORCH, rprop, kwargs, message)
+    P.check_same_error(TORCH, rprop, kwargs, message)

@@ -19,7 +19,7 @@ from jax.experimental import sparse
 from torch.testing._internal import common_optimizers as co
 
 from jaxupdate.optim.sparse_adam import SparseAdamState, sparse_adam
-from tests.parity import TOL, TORCH_ONLY_KWARGS, to_jax_kwargs
+from tests.parity import TOL, TORCH_ONLY_KWARGS, assert_signature_matches, to_jax_kwargs
 
 JAX_DTYPE = {torch.float64: jnp.float64, torch.float32: jnp.float32}
 
@@ -280,16 +280,7 @@ def test_state_layout():
 
 
 def test_defaults_match_torch():
-    t_params = [
-        p
-        for p in inspect.signature(torch.optim.SparseAdam.__init__).parameters.values()
-        if p.name not in ("self", "params", *TORCH_ONLY_KWARGS)
-    ]
-    j_params = list(inspect.signature(sparse_adam).parameters.values())
-    assert [p.name for p in j_params] == [p.name for p in t_params]
-    for tp, jp in zip(t_params, j_params):
-        assert tp.kind == jp.kind, tp.name
-        assert tp.default == jp.default, (tp.name, tp.default, jp.default)
+    assert_signature_matches(torch.optim.SparseAdam, sparse_adam)
 
 
 def _jax_params(torch_params):

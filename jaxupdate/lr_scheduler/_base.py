@@ -173,27 +173,42 @@ class Schedule:
         return f"{type(self).__name__}({args})"
 
 
-class FunctionSchedule(Schedule):
-    """A schedule that is a function of ``count`` only (momentum of CyclicLR / OneCycleLR)."""
+class SelfSetting(Schedule):
+    """A scheduler whose lr is a function of the step count alone (``_value(t)``).
+
+    torch's ``get_lr`` of LambdaLR, CosineAnnealingWarmRestarts, CyclicLR and OneCycleLR
+    ignores the group's current lr, so the closed form, the constructor's initial step, each
+    chainable step and SequentialLR's restart (``_update_lr(0)``) are all ``_value``.
+    """
 
     absolute = True
+
+    def _value(self, t):
+        raise NotImplementedError
+
+    def _closed(self, t):
+        return self._value(t)
+
+    def _first(self, lr):
+        return self._value(as_count(0))
+
+    def _next(self, lr, t):
+        return self._value(t)
+
+    def _restart(self, lr):
+        return self._value(as_count(0))
+
+
+class FunctionSchedule(SelfSetting):
+    """A schedule that is a function of ``count`` only (momentum of CyclicLR / OneCycleLR)."""
 
     def __init__(self, fn: Callable[[jax.Array], Any], name: str):
         self._fn = fn
         self.torch_name = name
         self._repr_args = {"of": name}
 
-    def _closed(self, t):
+    def _value(self, t):
         return self._fn(t)
-
-    def _first(self, lr):
-        return self._fn(as_count(0))
-
-    def _next(self, lr, t):
-        return self._fn(t)
-
-    def _restart(self, lr):
-        return self._fn(as_count(0))
 
 
 class PerEpoch(Schedule):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jaxupdate._hparams import is_number
 from jaxupdate.lr_scheduler._base import (
     Schedule,
+    SelfSetting,
     as_count,
     as_float,
     check_base_lr,
@@ -46,9 +47,8 @@ class _Factor(Schedule):
         return None if f is None else self.lr * f
 
 
-class LambdaLR(Schedule):
+class LambdaLR(SelfSetting):
     torch_name = "LambdaLR"
-    absolute = True
 
     def __init__(self, lr, lr_lambda):
         self.lr = check_base_lr(lr)
@@ -60,18 +60,6 @@ class LambdaLR(Schedule):
 
     def _value(self, t):
         return self.lr * self.lr_lambda(t)
-
-    def _closed(self, t):
-        return self._value(t)
-
-    def _first(self, lr):
-        return self._value(as_count(0))
-
-    def _next(self, lr, t):
-        return self._value(t)
-
-    def _restart(self, lr):
-        return self._value(as_count(0))
 
 
 def lambda_lr(lr, lr_lambda: Callable) -> Schedule:

@@ -9,7 +9,7 @@ from jax import lax
 
 from jaxupdate.lr_scheduler._base import (
     Schedule,
-    as_count,
+    SelfSetting,
     as_float,
     check_base_lr,
     div,
@@ -97,9 +97,10 @@ def _restart_position(t, T_0: int, T_mult: int):
     return lax.while_loop(cond, body, (t, jnp.asarray(T_0, t.dtype)))
 
 
-class CosineAnnealingWarmRestarts(Schedule):
+class CosineAnnealingWarmRestarts(SelfSetting):
+    # Restarted by SequentialLR, torch's get_lr runs with T_cur still 0 from construction:
+    # _value(0), which SelfSetting._restart gives.
     torch_name = "CosineAnnealingWarmRestarts"
-    absolute = True
 
     def __init__(self, lr, T_0, T_mult, eta_min):
         if T_0 <= 0 or not isinstance(T_0, int):
@@ -118,19 +119,6 @@ class CosineAnnealingWarmRestarts(Schedule):
         t_cur, t_i = _restart_position(t, self.T_0, self.T_mult)
         cos = jnp.cos(div(math.pi * as_float(t_cur), t_i))
         return self.eta_min + unfused((self.lr - self.eta_min) * (1 + cos) / 2)
-
-    def _closed(self, t):
-        return self._value(t)
-
-    def _first(self, lr):
-        return self._value(as_count(0))
-
-    def _next(self, lr, t):
-        return self._value(t)
-
-    def _restart(self, lr):
-        # T_cur is still 0 from construction: torch's get_lr at T_cur = 0
-        return self._value(as_count(0))
 
 
 def cosine_annealing_warm_restarts(lr, T_0: int, T_mult: int = 1, eta_min: float = 0.0) -> Schedule:

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jaxupdate.lr_scheduler._base import (
     FunctionSchedule,
     Schedule,
+    SelfSetting,
     as_count,
     as_float,
     div,
@@ -19,28 +20,7 @@ from jaxupdate.lr_scheduler._base import (
 )
 
 
-class _SelfSetting(Schedule):
-    """A scheduler computing the lr from its own arguments at every step (no chaining)."""
-
-    absolute = True
-
-    def _value(self, t):
-        raise NotImplementedError
-
-    def _closed(self, t):
-        return self._value(t)
-
-    def _first(self, lr):
-        return self._value(as_count(0))
-
-    def _next(self, lr, t):
-        return self._value(t)
-
-    def _restart(self, lr):
-        return self._value(as_count(0))
-
-
-class CyclicLR(_SelfSetting):
+class CyclicLR(SelfSetting):
     torch_name = "CyclicLR"
 
     def __init__(
@@ -183,7 +163,7 @@ def cyclic_lr(
     )
 
 
-class OneCycleLR(_SelfSetting):
+class OneCycleLR(SelfSetting):
     torch_name = "OneCycleLR"
 
     def __init__(

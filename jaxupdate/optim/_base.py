@@ -36,20 +36,56 @@ def check_nonneg(value, name: str, what: str):
     return v
 
 
-def check_betas(betas):
-    """Adam-family betas: each in [0, 1), both numbers or both arrays, each 1-element."""
+def check_betas(betas, same_kind: bool = True):
+    """torch's Adam-family beta checks: each beta in ``[0, 1)``, torch's wording.
+
+    Each beta is a float, a 1-element array or a schedule (schedules are checked when used).
+    ``same_kind=True`` (Adam, AdamW): torch also rejects a float beside a tensor ("betas must
+    be either both floats or both Tensors"), after checking both values, so the types of
+    both are checked first and the kinds last. ``same_kind=False`` (NAdam, RAdam, Adamax,
+    SparseAdam): torch accepts the mix, and checks beta1 completely before beta2.
+
+    Returns the normalized pair (floats, 0-d arrays or schedules).
+    Example: ``check_betas((0.9, 1.0))`` raises
+    ``ValueError("Invalid beta parameter at index 1: 1.0")``, as ``torch.optim.Adam`` does.
+    """
     if len(betas) != 2:
         raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+
+    def check_value(i, b):
+        check(b, lambda x: 0.0 <= x < 1.0, f"Invalid beta parameter at index {i}: {betas[i]}")
+
+    if not same_kind:
+        out = []
+        for i, b in enumerate(betas):
+            out.append(normalize(b, f"betas[{i}]"))
+            check_value(i, out[-1])
+        return tuple(out)
     for i, b in enumerate(betas):
         if not is_schedule(b) and not is_number(b) and not hasattr(b, "shape"):
             raise TypeError(f"betas[{i}] must be a float, a 1-element array or a schedule")
     for i, b in enumerate(betas):
         if is_number(b) or (hasattr(b, "shape") and _size(b) == 1):
-            check(b, lambda x: 0.0 <= x < 1.0, f"Invalid beta parameter at index {i}: {b}")
+            check_value(i, b)
     kinds = {("number" if is_number(b) else "array") for b in betas if not is_schedule(b)}
     if len(kinds) == 2:
         raise ValueError("betas must be either both floats or both Tensors")
     return tuple(normalize(b, f"betas[{i}]") for i, b in enumerate(betas))
+
+
+def check_adam_hparams(lr, betas, eps, weight_decay, same_kind: bool = True):
+    """torch's Adam-family constructor checks in torch's order: lr, eps, betas, weight_decay.
+
+    Shared by adam/adamw (``same_kind=True``), nadam and radam (``same_kind=False``, see
+    :func:`check_betas`). Returns ``(lr, betas, eps, weight_decay)`` normalized.
+    Example: ``check_adam_hparams(1e-3, (0.9, 0.999), -1.0, 0.0)`` raises
+    ``ValueError("Invalid epsilon value: -1.0")``, as ``torch.optim.Adam`` does.
+    """
+    lr = check_lr(lr)
+    eps = check_nonneg(eps, "eps", "epsilon")
+    betas = check_betas(betas, same_kind)
+    weight_decay = check_nonneg(weight_decay, "weight_decay", "weight_decay")
+    return lr, betas, eps, weight_decay
 
 
 def _size(x) -> int:

@@ -7,14 +7,11 @@ import optax
 from jaxupdate import transforms as T
 from jaxupdate._described import described
 from jaxupdate._hparams import is_static_zero
-from jaxupdate.optim._base import assemble, check_betas, check_lr, check_nonneg
+from jaxupdate.optim._base import assemble, check_adam_hparams
 
 
 def _adam_chain(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
-    lr = check_lr(lr)
-    eps = check_nonneg(eps, "eps", "epsilon")
-    betas = check_betas(betas)
-    weight_decay = check_nonneg(weight_decay, "weight_decay", "weight_decay")
+    lr, betas, eps, weight_decay = check_adam_hparams(lr, betas, eps, weight_decay)
     decay = not is_static_zero(weight_decay)
     return assemble(
         T.maximize() if maximize else None,

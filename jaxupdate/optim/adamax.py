@@ -6,8 +6,8 @@ import optax
 
 from jaxupdate import transforms as T
 from jaxupdate._described import described
-from jaxupdate._hparams import is_static_zero, normalize
-from jaxupdate.optim._base import assemble, check, check_lr, check_nonneg
+from jaxupdate._hparams import is_static_zero
+from jaxupdate.optim._base import assemble, check_betas, check_lr, check_nonneg
 from jaxupdate.transforms.adaptive import torch_adamax
 
 
@@ -52,11 +52,7 @@ def adamax(
     """
     lr = check_lr(lr)
     eps = check_nonneg(eps, "eps", "epsilon")
-    if len(betas) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    betas_n = tuple(normalize(b, f"betas[{i}]") for i, b in enumerate(betas))
-    for i, (b, b_n) in enumerate(zip(betas, betas_n, strict=True)):
-        check(b_n, lambda v: 0.0 <= v < 1.0, f"Invalid beta parameter at index {i}: {b}")
+    betas_n = check_betas(betas, same_kind=False)  # torch's Adamax accepts float + tensor
     weight_decay = check_nonneg(weight_decay, "weight_decay", "weight_decay")
     return assemble(
         T.maximize() if maximize else None,

@@ -6,25 +6,9 @@ import optax
 
 from jaxupdate import transforms as T
 from jaxupdate._described import described
-from jaxupdate._hparams import is_static_zero, normalize
-from jaxupdate.optim._base import assemble, check, check_lr, check_nonneg
+from jaxupdate._hparams import is_static_zero
+from jaxupdate.optim._base import assemble, check_adam_hparams, check_nonneg
 from jaxupdate.transforms.nadam_radam import scale_by_torch_nadam
-
-
-def check_betas_each(betas):
-    """NAdam/RAdam's beta checks: each in ``[0, 1)``, torch's wording.
-
-    Unlike Adam, torch's NAdam and RAdam accept a float beside a tensor, so the
-    "both floats or both Tensors" rule of ``_base.check_betas`` does not apply.
-    """
-    if len(betas) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    out = []
-    for i, b in enumerate(betas):
-        b_n = normalize(b, f"betas[{i}]")
-        check(b_n, lambda x: 0.0 <= x < 1.0, f"Invalid beta parameter at index {i}: {b}")
-        out.append(b_n)
-    return tuple(out)
 
 
 @described
@@ -85,10 +69,10 @@ def nadam(
         >>> updates, state = tx.update(grads, state, params)
         >>> params = jax.tree.map(jnp.add, params, updates)
     """
-    lr = check_lr(lr)
-    eps = check_nonneg(eps, "eps", "epsilon")
-    betas = check_betas_each(betas)
-    weight_decay = check_nonneg(weight_decay, "weight_decay", "weight_decay")
+    # torch's NAdam (unlike Adam) accepts a float beside a tensor beta
+    lr, betas, eps, weight_decay = check_adam_hparams(
+        lr, betas, eps, weight_decay, same_kind=False
+    )
     momentum_decay = check_nonneg(momentum_decay, "momentum_decay", "momentum_decay")
     decay = not is_static_zero(weight_decay)
     return assemble(

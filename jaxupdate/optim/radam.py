@@ -7,8 +7,7 @@ import optax
 from jaxupdate import transforms as T
 from jaxupdate._described import described
 from jaxupdate._hparams import is_static_zero
-from jaxupdate.optim._base import assemble, check_lr, check_nonneg
-from jaxupdate.optim.nadam import check_betas_each
+from jaxupdate.optim._base import assemble, check_adam_hparams
 from jaxupdate.transforms.nadam_radam import scale_by_torch_radam
 
 
@@ -69,10 +68,10 @@ def radam(
         >>> updates, state = tx.update(grads, state, params)
         >>> params = jax.tree.map(jnp.add, params, updates)   # rho_1 = 1: 1 - 1e-5 - 1e-3 * 2
     """
-    lr = check_lr(lr)
-    eps = check_nonneg(eps, "eps", "epsilon")
-    betas = check_betas_each(betas)
-    weight_decay = check_nonneg(weight_decay, "weight_decay", "weight_decay")
+    # torch's RAdam (unlike Adam) accepts a float beside a tensor beta
+    lr, betas, eps, weight_decay = check_adam_hparams(
+        lr, betas, eps, weight_decay, same_kind=False
+    )
     decay = not is_static_zero(weight_decay)
     return assemble(
         T.maximize() if maximize else None,

@@ -20,7 +20,7 @@ from jaxupdate._hparams import (
     resolve,
     scalar_dtype,
 )
-from jaxupdate.optim._base import check
+from jaxupdate.optim._base import check, check_betas
 from jaxupdate.transforms.common import init_count
 
 _DENSE_GRAD_ERROR = "SparseAdam does not support dense gradients, please consider Adam instead"
@@ -151,14 +151,7 @@ def sparse_adam(
     check(lr_n, lambda v: 0.0 < v, f"Invalid learning rate: {lr}")
     eps_n = normalize(eps, "eps")
     check(eps_n, lambda v: 0.0 < v, f"Invalid epsilon value: {eps}")
-    if len(betas) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    betas_n = []
-    for i, b in enumerate(betas):
-        b_n = normalize(b, f"betas[{i}]")
-        check(b_n, lambda v: 0.0 <= v < 1.0, f"Invalid beta parameter at index {i}: {b}")
-        betas_n.append(b_n)
-    beta1, beta2 = betas_n
+    beta1, beta2 = check_betas(betas, same_kind=False)  # torch's SparseAdam: float + tensor ok
 
     def init_fn(params):
         _check_params(params)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import bias_correction, cast, resolve, step_float
+from jaxupdate._hparams import bias_correction, cast, fused_dtype, resolve, step_float
 from jaxupdate.transforms.common import init_count
 from jaxupdate.transforms.moments import lerp
 
@@ -33,11 +33,7 @@ def addcmul(x, value, t1, t2):
     """
     scaled = t1 if isinstance(value, float) and value == 1.0 else cast(value, t1) * t1
     dt = x.dtype
-    wide = None
-    if dt == jnp.float32 and jax.config.jax_enable_x64:
-        wide = jnp.float64
-    elif dt in (jnp.float16, jnp.bfloat16):
-        wide = jnp.float32
+    wide = fused_dtype(dt)
     if wide is None:
         return x + scaled * t2
     return (x.astype(wide) + scaled.astype(wide) * t2.astype(wide)).astype(dt)

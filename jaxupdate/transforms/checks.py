@@ -12,12 +12,10 @@ import jax.numpy as jnp
 import optax
 
 
-def reject_complex(name: str) -> optax.GradientTransformationExtraArgs:
-    """Raises torch's ``RuntimeError("<name> does not support complex parameters")``."""
-
-    def check(tree):
-        if any(jnp.iscomplexobj(x) for x in jax.tree.leaves(tree)):
-            raise RuntimeError(f"{name} does not support complex parameters")
+def _checking(check) -> optax.GradientTransformationExtraArgs:
+    """An identity transformation that runs ``check(tree)`` on the parameters in ``init`` and on
+    the updates (and parameters, when given) in ``update``: torch raises such errors at
+    construction or at the first step, a transformation when it first sees the trees."""
 
     def init_fn(params):
         check(params)
@@ -31,6 +29,16 @@ def reject_complex(name: str) -> optax.GradientTransformationExtraArgs:
         return updates, state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def reject_complex(name: str) -> optax.GradientTransformationExtraArgs:
+    """Raises torch's ``RuntimeError("<name> does not support complex parameters")``."""
+
+    def check(tree):
+        if any(jnp.iscomplexobj(x) for x in jax.tree.leaves(tree)):
+            raise RuntimeError(f"{name} does not support complex parameters")
+
+    return _checking(check)
 
 
 def require_matrices(name: str) -> optax.GradientTransformationExtraArgs:
@@ -45,15 +53,4 @@ def require_matrices(name: str) -> optax.GradientTransformationExtraArgs:
                     f"with size: {tuple(jnp.shape(x))}"
                 )
 
-    def init_fn(params):
-        check(params)
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
-        check(updates)
-        if params is not None:
-            check(params)
-        return updates, state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _checking(check)
