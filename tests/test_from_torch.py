@@ -210,14 +210,14 @@ def test_exports_back_to_torch():
 
 @pytest.mark.parametrize("which", ["step", "one_cycle"])
 def test_round_trip_back_to_torch_with_scheduler(which):
-    """torch -> jaxupdate (from_torch) -> torch: after k jaxupdate updates, load the exported
-    state into the torch optimizer and step its scheduler k times; the torch run then continues
-    exactly like one that never left torch (position, lr, momentum cycling, buffers)."""
+    """torch -> jaxupdate (from_torch) -> torch (to_torch): after k2 jaxupdate updates, the
+    parameters, the optimizer state and the scheduler's position (moved on by k2 steps) go
+    back; the torch run then continues exactly like one that never left torch (position, lr,
+    momentum cycling, buffers). tests/test_to_torch.py covers to_torch in depth."""
     import jax.numpy as jnp
-    import numpy as np
     import optax
 
-    from jaxupdate.interop import torch_state_dict
+    from jaxupdate.interop import to_torch
 
     steps, k1, k2 = 9, 3, 3
     params, grads = P.problem("float64", steps, P.SHAPES)
@@ -250,22 +250,49 @@ def test_round_trip_back_to_torch_with_scheduler(which):
     for k in range(k1, k1 + k2):
         updates, state = tx.update([jnp.asarray(g) for g in grads[k]], state, jp)
         jp = optax.apply_updates(jp, updates)
-    # back to torch: parameters, optimizer state, and the scheduler moved on by k2 steps
-    with torch.no_grad():
-        for t, x in zip(tp, jp):
-            t.copy_(torch.from_numpy(np.asarray(x)))
-    for _ in range(k2):
-        sched.step()  # torch warns that no optimizer.step() came first: intended here
-    sd = torch_state_dict(tx, state, jp)
-    # keys a torch scheduler keeps in the param groups (OneCycleLR: max_lr, min_lr, ...) are
-    # scheduler state, not exported by torch_state_dict: keep the live optimizer's
-    for new, old in zip(sd["param_groups"], opt.param_groups):
-        for key, value in old.items():
-            new.setdefault(key, value)
-    opt.load_state_dict(sd)
+    to_torch(opt, tx, state, jp, sched)
+    assert sched.last_epoch == k1 + k2
     for k in range(k1 + k2, steps):
         torch_step(opt, sched, tp, grads[k])
     assert sched.last_epoch == ref_sched.last_epoch
     got = [[t.detach().numpy() for t in tp]]
     want = [[t.detach().numpy() for t in ref]]
     assert P.rel_err(got, want) <= TOL64
+
+
+@pytest.mark.parametrize("load_state", [False, True])
+def test_adagrad_groups_fresh_state_is_torchs(load_state):
+    """torch's Adagrad fills every group's ``sum`` with the constructor's
+    initial_accumulator_value (``optimizer.defaults``), whatever a group says: so does the
+    converted transformation's state, fresh (load_state=False) or loaded, and both runs then
+    agree."""
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    params, grads = P.problem("float64", 4, P.SHAPES)
+    for layout in ("groups", "one dict group"):
+        tp = [torch.tensor(p).requires_grad_() for p in params]
+        if layout == "groups":
+            groups = [{"params": tp[:2], "initial_accumulator_value": 0.7},
+                      {"params": tp[2:], "lr": 0.5}]
+        else:
+            groups = [{"params": tp, "initial_accumulator_value": 0.7}]
+        opt = torch.optim.Adagrad(groups, lr=0.1, initial_accumulator_value=0.3, lr_decay=0.01)
+        tx = from_torch(opt, load_state=load_state)
+        jp = [jnp.asarray(p) for p in params]
+        state = tx.init(jp)
+        sums = [np.asarray(x) for g in state.groups for x in g[0].sum]
+        assert len(sums) == len(tp)
+        for t, x in zip(tp, sums):
+            np.testing.assert_array_equal(x, opt.state[t]["sum"].numpy())
+        j, t = [], []
+        for k in range(4):
+            updates, state = tx.update([jnp.asarray(g) for g in grads[k]], state, jp)
+            jp = optax.apply_updates(jp, updates)
+            for p, g in zip(tp, grads[k]):
+                p.grad = torch.tensor(g)
+            opt.step()
+            j.append([np.asarray(x) for x in jp])
+            t.append([p.detach().numpy().copy() for p in tp])
+        assert P.rel_err(j, t) <= TOL64, layout

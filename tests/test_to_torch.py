@@ -108,7 +108,7 @@ CASES = {
 
 def _set_grads(tp, grads):
     for t, g in zip(tp, grads):
-        t.grad = torch.tensor(g)
+        t.grad = torch.tensor(g, dtype=t.dtype)
 
 
 def _torch_step(opt, sched, tp, grads, k, every=None, metric=None):
@@ -123,7 +123,8 @@ def _torch_step(opt, sched, tp, grads, k, every=None, metric=None):
 def _jax_steps(tx, state, jp, grads, ks, metrics=None):
     for k in ks:
         extra = {} if metrics is None else {"value": metrics[k]}
-        updates, state = tx.update([jnp.asarray(g) for g in grads[k]], state, jp, **extra)
+        g = [jnp.asarray(x, p.dtype) for x, p in zip(grads[k], jp)]
+        updates, state = tx.update(g, state, jp, **extra)
         jp = optax.apply_updates(jp, updates)
     return state, jp
 
@@ -132,12 +133,13 @@ def _snapshot(opt, tp):
     return [t.detach().numpy().copy() for t in tp], [g["lr"] for g in opt.param_groups]
 
 
-def _round_trip(make_opt, make_sched, steps, k1, k2, every=None, groups=False, metrics=None):
+def _round_trip(make_opt, make_sched, steps, k1, k2, every=None, groups=False, metrics=None,
+                dtype=torch.float64):
     """(converted run, uninterrupted run): per torch step after the return, params and lrs."""
     params, grads = P.problem(torch.float64, steps)
     metric = (lambda k: metrics[k]) if metrics is not None else (lambda k: None)
 
-    ref = [torch.tensor(p).requires_grad_() for p in params]
+    ref = [torch.tensor(p, dtype=dtype).requires_grad_() for p in params]
     ref_opt = make_opt(ref, groups)
     ref_sched = make_sched(ref_opt)
     want = []
@@ -146,7 +148,7 @@ def _round_trip(make_opt, make_sched, steps, k1, k2, every=None, groups=False, m
         if k >= k1 + k2:
             want.append(_snapshot(ref_opt, ref))
 
-    tp = [torch.tensor(p).requires_grad_() for p in params]
+    tp = [torch.tensor(p, dtype=dtype).requires_grad_() for p in params]
     opt = make_opt(tp, groups)
     sched = make_sched(opt)
     for k in range(k1):
@@ -174,10 +176,10 @@ def _members(s):
     return out
 
 
-def _assert_same(got, want):
+def _assert_same(got, want, tol=TOL64):
     assert len(got) == len(want) > 0
     err = P.rel_err([p for p, _ in got], [p for p, _ in want])
-    assert err <= TOL64, err
+    assert err <= tol, err
     for (_, a), (_, b) in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
 
@@ -269,6 +271,19 @@ PURE = {
         lambda tp: torch.optim.Adam(tp, lr=0.02),
         lambda o: lrs.StepLR(o, 3, 0.5),
     ),
+    # inject_hyperparams on its own describes itself as the optimizer it wraps
+    "inject-alone-adam-step": (
+        lambda: inject_hyperparams(ju.adam)(lr=step_lr(0.02, 3, 0.5), betas=(0.8, 0.99)),
+        lambda tp: torch.optim.Adam(tp, lr=0.02, betas=(0.8, 0.99)),
+        lambda o: lrs.StepLR(o, 3, 0.5),
+    ),
+    "inject-alone-sgd-one-cycle": (
+        lambda: inject_hyperparams(ju.sgd)(
+            lr=(s := one_cycle_lr(0.1, total_steps=12)), momentum=s.momentum, nesterov=True
+        ),
+        lambda tp: torch.optim.SGD(tp, lr=0.1, momentum=0.9, nesterov=True),
+        lambda o: lrs.OneCycleLR(o, max_lr=0.1, total_steps=12),
+    ),
     "adam-per-epoch": (
         lambda: ju.adam(lr=per_epoch(step_lr(0.02, 1, 0.5), 4)),
         lambda tp: torch.optim.Adam(tp, lr=0.02),
@@ -310,7 +325,8 @@ def test_run_started_in_jaxupdate(case):
     _assert_same(got, want)
 
 
-def test_inject_plateau_started_in_jaxupdate():
+@pytest.mark.parametrize("grouped", [True, False], ids=["param_groups", "alone"])
+def test_inject_plateau_started_in_jaxupdate(grouped):
     """inject_hyperparams(ju.adam)(lr=reduce_lr_on_plateau(...)) -> a fresh torch plateau."""
     steps, k = 14, 6
     params, grads = P.problem(torch.float64, steps)
@@ -322,8 +338,11 @@ def test_inject_plateau_started_in_jaxupdate():
         _torch_step(ref_opt, ref_sched, ref, grads, i, metric=PLATEAU_METRICS[i])
         if i >= k:
             want.append(_snapshot(ref_opt, ref))
-    tx = param_groups(inject_hyperparams(ju.adam),
-                      lr=reduce_lr_on_plateau(0.05, patience=1, factor=0.5))
+    plateau = reduce_lr_on_plateau(0.05, patience=1, factor=0.5)
+    if grouped:
+        tx = param_groups(inject_hyperparams(ju.adam), lr=plateau)
+    else:
+        tx = inject_hyperparams(ju.adam)(lr=plateau)
     jp = [jnp.asarray(p) for p in params]
     state, jp = _jax_steps(tx, tx.init(jp), jp, grads, range(k), PLATEAU_METRICS)
     tp = [torch.zeros_like(t).requires_grad_() for t in ref]
@@ -399,6 +418,277 @@ def sched_lr(lr):
     from jaxupdate.lr_scheduler import exponential_lr
 
     return exponential_lr(lr, 0.5)
+
+
+def test_inject_alone_exports_the_values_set_by_hand():
+    """inject_hyperparams(ju.adam)(...) on its own: the lr and betas set with set_hyperparams
+    mid-run are what torch continues with (torch's group["lr"] = x in the reference run)."""
+    from jaxupdate.lr_scheduler import set_hyperparams
+
+    steps, k = 10, 6
+    params, grads = P.problem(torch.float64, steps)
+    ref = [torch.tensor(p).requires_grad_() for p in params]
+    ref_opt = torch.optim.Adam(ref, lr=0.05, weight_decay=0.01)
+    want = []
+    for i in range(steps):
+        if i == 3:
+            ref_opt.param_groups[0]["lr"] = 0.01
+            ref_opt.param_groups[0]["betas"] = (0.8, 0.99)
+        _set_grads(ref, grads[i])
+        ref_opt.step()
+        if i >= k:
+            want.append(_snapshot(ref_opt, ref))
+
+    tx = inject_hyperparams(ju.adam)(lr=0.05, weight_decay=0.01)
+    jp = [jnp.asarray(p) for p in params]
+    state, jp = _jax_steps(tx, tx.init(jp), jp, grads, range(3))
+    state = set_hyperparams(state, lr=0.01, betas=(0.8, 0.99))
+    state, jp = _jax_steps(tx, state, jp, grads, range(3, k))
+    tp = [torch.zeros_like(t).requires_grad_() for t in ref]
+    opt = torch.optim.Adam(tp, lr=0.05, weight_decay=0.01)
+    to_torch(opt, tx, state, jp)
+    assert opt.param_groups[0]["lr"] == 0.01 and opt.param_groups[0]["betas"] == (0.8, 0.99)
+    got = []
+    for i in range(k, steps):
+        _set_grads(tp, grads[i])
+        opt.step()
+        got.append(_snapshot(opt, tp))
+    _assert_same(got, want)
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["alone", "param_groups"])
+def test_torch_state_dict_of_injected_run(grouped):
+    """torch_state_dict takes inject_hyperparams(ju.sgd)(...) itself (and in param_groups):
+    the lr (a schedule stepped, then set by hand) and momentum are the values the next update
+    uses, the buffers torch's after the same steps."""
+    from jaxupdate.interop import torch_state_dict
+    from jaxupdate.lr_scheduler import exponential_lr, set_hyperparams
+
+    params, grads = P.problem(torch.float64, 4)
+    tp = [torch.tensor(p).requires_grad_() for p in params]
+    opt = torch.optim.SGD(tp, lr=0.1, momentum=0.9, dampening=0.1)
+    sched = lrs.ExponentialLR(opt, 0.5)
+    for k in range(4):
+        if k == 3:
+            opt.param_groups[0]["lr"] = 0.03
+        _torch_step(opt, sched, tp, grads, k)
+    kw = dict(lr=exponential_lr(0.1, 0.5), momentum=0.9, dampening=0.1)
+    tx = param_groups(inject_hyperparams(ju.sgd), **kw) if grouped else (
+        inject_hyperparams(ju.sgd)(**kw))
+    jp = [jnp.asarray(p) for p in params]
+    state, jp = _jax_steps(tx, tx.init(jp), jp, grads, range(3))
+    state = set_hyperparams(state, lr=0.03)
+    state, jp = _jax_steps(tx, state, jp, grads, range(3, 4))
+    sd = torch_state_dict(tx, state, jp)
+    want = opt.state_dict()
+    assert sd["param_groups"][0]["lr"] == pytest.approx(want["param_groups"][0]["lr"], 1e-15)
+    for key in ("momentum", "dampening", "nesterov", "weight_decay", "maximize"):
+        assert sd["param_groups"][0][key] == want["param_groups"][0][key], key
+    got = [[sd["state"][i]["momentum_buffer"].numpy() for i in range(len(tp))]]
+    ref = [[want["state"][i]["momentum_buffer"].numpy() for i in range(len(tp))]]
+    assert P.rel_err(got, ref) <= TOL64
+
+# ReduceLROnPlateau stepped once per epoch of BATCHES updates, by hand in jaxupdate
+BATCHES = 3
+EPOCH_METRICS = [1.0, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8]
+
+
+def _plateau_kwargs(g):
+    return dict(patience=1, cooldown=1, factor=0.5, min_lr=(1e-3, 0.0)[g])
+
+
+@pytest.mark.parametrize("groups,k", [(False, 10), (True, 12), (True, 7)])
+def test_plateau_driven_by_hand_per_epoch(groups, k):
+    """A plateau stepped once per epoch by hand (its PlateauState kept aside, the lr set with
+    set_hyperparams) goes back with plateau_state=: torch's ReduceLROnPlateau, stepped once
+    per epoch too, continues the run (converted mid-epoch, k=10 and 7, and at a boundary)."""
+    from jaxupdate.lr_scheduler import set_hyperparams
+
+    steps = BATCHES * len(EPOCH_METRICS)
+    params, grads = P.problem(torch.float64, steps)
+
+    def make(tp):
+        opt = _adam(tp, groups)
+        min_lr = [_plateau_kwargs(g)["min_lr"] for g in range(len(opt.param_groups))]
+        return opt, lrs.ReduceLROnPlateau(opt, **{**_plateau_kwargs(0), "min_lr": min_lr})
+
+    def torch_step(opt, sched, tp, i):
+        _set_grads(tp, grads[i])
+        opt.step()
+        if (i + 1) % BATCHES == 0:
+            sched.step(EPOCH_METRICS[i // BATCHES])
+
+    ref = [torch.tensor(p).requires_grad_() for p in params]
+    ref_opt, ref_sched = make(ref)
+    want = []
+    for i in range(steps):
+        torch_step(ref_opt, ref_sched, ref, i)
+        if i >= k:
+            want.append(_snapshot(ref_opt, ref))
+
+    # jaxupdate: the lr injected as a value, one plateau per group kept aside
+    if groups:
+        tx = param_groups(inject_hyperparams(ju.adam),
+                          [{"params": "^[01]$"}, {"params": "^[23]$", "lr": 0.02}], lr=0.01)
+        lr0 = [0.01, 0.02]
+    else:
+        tx = inject_hyperparams(ju.adam)(lr=0.01)
+        lr0 = [0.01]
+    plateaus = [reduce_lr_on_plateau(lr, **_plateau_kwargs(g)) for g, lr in enumerate(lr0)]
+    ps = [p.init() for p in plateaus]
+    jp = [jnp.asarray(p) for p in params]
+    state = tx.init(jp)
+    for i in range(k):
+        state, jp = _jax_steps(tx, state, jp, grads, [i])
+        if (i + 1) % BATCHES == 0:
+            ps = [p.step(s, EPOCH_METRICS[i // BATCHES]) for p, s in zip(plateaus, ps)]
+            if groups:  # each group's own lr: set_hyperparams on the group's state
+                state = state._replace(groups=tuple(
+                    set_hyperparams(st, lr=s.lr) for st, s in zip(state.groups, ps)
+                ))
+            else:
+                state = set_hyperparams(state, lr=ps[0].lr)
+
+    tp = [torch.zeros_like(t).requires_grad_() for t in ref]
+    opt, sched = make(tp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        to_torch(opt, tx, state, jp, sched, plateau_state=ps if groups else ps[0])
+    for key in ("best", "num_bad_epochs", "cooldown_counter", "last_epoch"):
+        assert getattr(sched, key) == getattr(_ref_plateau_at(make, params, grads, k), key), key
+    got = []
+    for i in range(k, steps):
+        torch_step(opt, sched, tp, i)
+        got.append(_snapshot(opt, tp))
+    _assert_same(got, want)
+    assert len({lr for _, g in want for lr in g}) > len(lr0)  # the lr moved after the return
+
+
+def _ref_plateau_at(make, params, grads, k):
+    """torch's ReduceLROnPlateau after k updates of the per-epoch run."""
+    tp = [torch.tensor(p).requires_grad_() for p in params]
+    opt, sched = make(tp)
+    for i in range(k):
+        if (i + 1) % BATCHES == 0:
+            sched.step(EPOCH_METRICS[i // BATCHES])
+    return sched
+
+
+def test_plateau_state_errors():
+    from jaxupdate.lr_scheduler import PlateauState
+
+    params, _ = P.problem(torch.float64, 1)
+    jp = [jnp.asarray(p) for p in params]
+    tp = [torch.tensor(p).requires_grad_() for p in params]
+    ps = reduce_lr_on_plateau(0.01).init()
+    tx = inject_hyperparams(ju.adam)(lr=0.01)
+    opt = torch.optim.Adam(tp, lr=0.01)
+    with pytest.raises(ValueError, match="but the scheduler is no scheduler"):
+        to_torch(opt, tx, tx.init(jp), jp, plateau_state=ps)
+    with pytest.raises(ValueError, match="but the scheduler is a StepLR"):
+        to_torch(opt, tx, tx.init(jp), jp, lrs.StepLR(opt, 2), plateau_state=ps)
+    sched = lrs.ReduceLROnPlateau(opt)
+    with pytest.raises(TypeError, match="must be a jaxupdate.lr_scheduler.PlateauState"):
+        to_torch(opt, tx, tx.init(jp), jp, sched, plateau_state={"best": 1.0})
+    with pytest.raises(ValueError, match="holds 2 plateau states, the run 1 param groups"):
+        to_torch(opt, tx, tx.init(jp), jp, sched, plateau_state=[ps, ps])
+    # the plateau is in the run already, or the lr is a schedule torch's plateau won't step
+    for lr in (reduce_lr_on_plateau(0.01), step_lr(0.01, 2)):
+        tx2 = inject_hyperparams(ju.adam)(lr=lr)
+        with pytest.raises(ValueError, match="leave plateau_state out|is a schedule"):
+            to_torch(opt, tx2, tx2.init(jp), jp, sched, plateau_state=ps)
+    # per-group states must agree in what torch's one plateau keeps
+    tx3 = param_groups(inject_hyperparams(ju.adam), [{"params": "^0$"}, {"params": "^[123]$"}],
+                       lr=0.01)
+    opt3 = torch.optim.Adam([{"params": tp[:1]}, {"params": tp[1:]}], lr=0.01)
+    other = PlateauState(*ps)._replace(num_bad_epochs=jnp.asarray(1, jnp.int32))
+    with pytest.raises(ValueError, match=r"differ in \['num_bad_epochs'\]"):
+        to_torch(opt3, tx3, tx3.init(jp), jp, lrs.ReduceLROnPlateau(opt3),
+                 plateau_state=[ps, other])
+    # a state whose lr is not the run's: warned, the run's kept
+    with pytest.warns(UserWarning, match="plateau_state's lr is 0.005"):
+        to_torch(opt, tx, tx.init(jp), jp, sched, plateau_state=ps._replace(lr=0.005))
+    assert opt.param_groups[0]["lr"] == 0.01
+
+
+@pytest.mark.parametrize("case", ["StepLR-SGD-groups", "OneCycleLR-Adam", "per-epoch-StepLR-Adam"])
+def test_round_trip_float32(case):
+    """float32 parameters and buffers: TOL[float32] (2e-6, tests/parity.py). Unjitted on both
+    sides, so no FMA contraction: the difference is float32 rounding of the same operations."""
+    make_opt, make_sched, steps, k1, k2, every, groups = CASES[case]
+    got, want = _round_trip(make_opt, make_sched, steps, k1, k2, every, groups,
+                            dtype=torch.float32)
+    assert all(p.dtype == np.float32 for p, _ in got for p in p)
+    _assert_same(got, want, tol=TOL[torch.float32])
+
+
+def test_nnx_model_with_param_map():
+    """A run started in jaxupdate on a flax nnx model (nnx.Optimizer, jitted steps) goes back
+    into a torch model: param_map (nnx_param_map) gives torch's parameter order and Linear's
+    transposed layout, for the parameters and Adam's buffers alike.
+
+    torch and JAX compute the gradients themselves (different summation order), so they round
+    differently, ~1e-16 per step; measured agreement over the 8 steps: below 1e-14.
+    """
+    import copy
+
+    from flax import nnx
+
+    from jaxupdate.interop.weights import nnx_param_map, torch_to_nnx
+
+    torch.manual_seed(0)
+    tnet = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    tnet = tnet.double()
+    start = copy.deepcopy(tnet.state_dict())
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((16, 4)), rng.standard_normal((16, 3))
+
+    def make(net):
+        opt = torch.optim.Adam(net.parameters(), lr=0.02, amsgrad=True, weight_decay=0.1)
+        return opt, lrs.StepLR(opt, step_size=3, gamma=0.5)
+
+    def torch_step(net, opt, sched):
+        opt.zero_grad()
+        torch.mean((net(torch.tensor(x)) - torch.tensor(y)) ** 2).backward()
+        opt.step()
+        sched.step()
+
+    steps, k = 8, 4
+    ref_opt, ref_sched = make(tnet)
+    want = []
+    for i in range(steps):
+        torch_step(tnet, ref_opt, ref_sched)
+        if i >= k:
+            want.append([p.detach().numpy().copy() for p in tnet.parameters()])
+
+    kwn = dict(param_dtype=jnp.float64, dtype=jnp.float64, rngs=nnx.Rngs(0))
+    model = nnx.Sequential(nnx.Linear(4, 8, **kwn), jnp.tanh, nnx.Linear(8, 3, **kwn))
+    torch_to_nnx(model, start)
+    tx = ju.adam(lr=step_lr(0.02, 3, 0.5), amsgrad=True, weight_decay=0.1)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer):
+        def loss_fn(m):
+            return jnp.mean((m(jnp.asarray(x)) - jnp.asarray(y)) ** 2)
+
+        optimizer.update(model, nnx.grad(loss_fn)(model))
+
+    for _ in range(k):
+        train_step(model, optimizer)
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    net = net.double()  # its weights come from the nnx model
+    opt, sched = make(net)
+    names = [n for n, _ in net.named_parameters()]
+    pmap = nnx_param_map(model, names)
+    to_torch(opt, tx, optimizer.opt_state, nnx.state(model, nnx.Param), sched, param_map=pmap)
+    assert sched.last_epoch == k
+    got = []
+    for _ in range(k, steps):
+        torch_step(net, opt, sched)
+        got.append([p.detach().numpy().copy() for p in net.parameters()])
+    assert P.rel_err(got, want) <= 1e-14
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,7 +800,7 @@ def test_error_scheduler_fails_to_step_changes_nothing():
 
 
 def test_error_undescribed_transformation():
-    tx = inject_hyperparams(ju.sgd)(lr=0.1)
+    tx = optax.chain(ju.sgd(lr=0.1))  # a chain of a described optimizer rightly carries none
     jp = [jnp.ones(2)]
     opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
     with pytest.raises(TypeError, match="says which optimizer"):

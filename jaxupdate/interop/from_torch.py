@@ -92,7 +92,7 @@ from jaxupdate.lr_scheduler import (
     step_lr,
 )
 from jaxupdate.lr_scheduler._base import Schedule, as_count, as_float
-from jaxupdate.param_groups import ParamGroupsState, param_groups
+from jaxupdate.param_groups import ParamGroupsState, _constructor_only, param_groups
 
 _TORCH_ONLY = ("params", "foreach", "fused", "capturable", "differentiable")
 _SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum")
@@ -303,8 +303,8 @@ def from_torch(
       ``jax.tree.leaves`` order, are the optimizer's parameters in param-group order. It is a
       :func:`jaxupdate.param_groups.param_groups` transformation (state
       ``ParamGroupsState``, one entry per torch group), so
-      :func:`jaxupdate.interop.load_torch_state_dict` / ``torch_state_dict`` work with it
-      (not ``torch_state_dict`` with ReduceLROnPlateau, whose lr lives in an injected state).
+      :func:`jaxupdate.interop.load_torch_state_dict` (not with ReduceLROnPlateau, whose lr
+      lives in an injected state) / ``torch_state_dict`` work with it.
       With ReduceLROnPlateau, call ``tx.update(grads, state, params, value=metric)``.
 
     Raises:
@@ -343,6 +343,14 @@ def from_torch(
     groups = optimizer.param_groups
     sizes = [len(g["params"]) for g in groups]
     kwargs = [_group_kwargs(fn, g) for g in groups]
+    # torch reads these in its constructor only (Adagrad fills every group's sum with the
+    # constructor's initial_accumulator_value, whatever the group says): param_groups builds
+    # the groups' fresh states from its defaults for them
+    ctor = {
+        k: _value(optimizer.defaults[k])
+        for k in _constructor_only(fn)
+        if k in getattr(optimizer, "defaults", {})
+    }
     plateau = scheduler is not None and type(scheduler).__name__ == "ReduceLROnPlateau"
     if scheduler is not None and getattr(scheduler, "optimizer", optimizer) is not optimizer:
         raise ValueError("the scheduler belongs to another optimizer")
@@ -371,7 +379,7 @@ def from_torch(
                 "steps_per_epoch with ReduceLROnPlateau: pass value=metric at every update, or "
                 "drive the plateau by hand (jaxupdate.lr_scheduler.set_hyperparams)"
             )
-        plain = _build(fn, kwargs, sizes)
+        plain = _build(fn, kwargs, sizes, ctor)
         inj_kwargs = []
         for g, kw in enumerate(kwargs):
             kw = dict(kw)
@@ -388,7 +396,7 @@ def from_torch(
                 eps=scheduler.eps,
             )
             inj_kwargs.append(kw)
-        tx = _build(inject_hyperparams(fn), inj_kwargs, sizes)
+        tx = _build(inject_hyperparams(fn), inj_kwargs, sizes, ctor)
         torch_pos = dict(
             best=scheduler.best,
             num_bad_epochs=scheduler.num_bad_epochs,
@@ -416,7 +424,7 @@ def from_torch(
 
         return optax.GradientTransformationExtraArgs(init_fn, tx.update)
 
-    tx = _build(fn, kwargs, sizes)
+    tx = _build(fn, kwargs, sizes, ctor)
     if not load_state or not sd["state"]:
         return tx  # torch keeps no state before the first step (Adagrad's is eager)
 
@@ -446,9 +454,14 @@ def _check_lr(sched: Schedule, start: int, group: dict, g: int):
         )
 
 
-def _build(fn, kwargs: list[dict], sizes: list[int]):
+def _build(fn, kwargs: list[dict], sizes: list[int], ctor: dict):
+    """param_groups of ``fn``: one group per torch group; ``ctor``: constructor-only values."""
     if len(kwargs) == 1:
-        return param_groups(fn, **kwargs[0])
+        if not ctor:
+            return param_groups(fn, **kwargs[0])
+        # a group of its own (every leaf) so that its constructor-only values are the
+        # defaults' (torch.optim.Adagrad([{"params": ..., "initial_accumulator_value": x}]))
+        return param_groups(fn, [{"params": None, **kwargs[0]}], **ctor)
     total = sum(sizes)
     owner = [g for g, n in enumerate(sizes) for _ in range(n)]
 
@@ -463,7 +476,7 @@ def _build(fn, kwargs: list[dict], sizes: list[int]):
         return treedef.unflatten(owner)
 
     groups = [{"label": g, **kw} for g, kw in enumerate(kwargs)]
-    return param_groups(fn, groups, labels=labels)
+    return param_groups(fn, groups, labels=labels, **ctor)
 
 
 __all__ = ["from_torch"]

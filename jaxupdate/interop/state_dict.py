@@ -58,6 +58,7 @@ import numpy as np
 from jaxupdate._described import Description, description
 from jaxupdate._hparams import is_number, is_schedule, resolve
 from jaxupdate.interop import _torch as T
+from jaxupdate.lr_scheduler.inject import _plain_view
 from jaxupdate.param_groups import GroupsDescription, assign, leaf_paths
 
 
@@ -945,8 +946,9 @@ def torch_state_dict(tx, opt_state, params, *, param_map: Optional[Sequence] = N
 
     Args:
       tx: a transformation that describes itself (from
-        :func:`jaxupdate.param_groups.param_groups`, ``described(...)`` or ``from_torch``),
-        so that its optimizer class and hyperparameters are known.
+        :func:`jaxupdate.param_groups.param_groups`, ``described(...)``, ``from_torch`` or
+        ``inject_hyperparams(...)(...)``, whose current values are exported), so that its
+        optimizer class and hyperparameters are known.
       opt_state: its state (``nnx.Variable`` nodes, as in ``nnx.Optimizer.opt_state``, are
         read through).
       params: the current parameters (only their structure, shapes and dtypes are read).
@@ -982,6 +984,8 @@ def torch_state_dict(tx, opt_state, params, *, param_map: Optional[Sequence] = N
     """
     torch = T.torch()
     params, opt_state = _unwrap(params), _unwrap(opt_state)
+    # inject_hyperparams: the injected values (torch's group entries) and the inner state
+    tx, opt_state = _plain_view(tx, opt_state)
     layout = _layout(tx, params, need_description=True)
     if param_map is not None:
         layout = _apply_param_map(layout, param_map)

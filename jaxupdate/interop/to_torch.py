@@ -24,7 +24,8 @@ What is moved:
 * the scheduler's position: a torch scheduler stepped fewer times than the jaxupdate run
   updated (the live scheduler ``from_torch`` converted, or a fresh one for a run that started
   in jaxupdate) is stepped forward to the run's position; ReduceLROnPlateau receives the run's
-  ``best``, ``num_bad_epochs``, ``cooldown_counter`` and ``last_epoch``.
+  ``best``, ``num_bad_epochs``, ``cooldown_counter`` and ``last_epoch`` (for a plateau
+  stepped by hand, once per epoch say, from the state given as ``plateau_state=``).
 """
 
 from __future__ import annotations
@@ -36,9 +37,8 @@ from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
-import optax
 
-from jaxupdate._described import Description, attach, description
+from jaxupdate._described import Description, description
 from jaxupdate.interop import _torch as T
 from jaxupdate.interop.from_torch import _last_epoch, _Positioned
 from jaxupdate.interop.state_dict import (
@@ -48,7 +48,8 @@ from jaxupdate.interop.state_dict import (
     _unwrap,
     torch_state_dict,
 )
-from jaxupdate.lr_scheduler._base import PerEpoch
+from jaxupdate.lr_scheduler._base import PerEpoch, Schedule
+from jaxupdate.lr_scheduler.inject import _plain_view
 from jaxupdate.lr_scheduler.plateau import PlateauState, ReduceLROnPlateau
 from jaxupdate.param_groups import GroupsDescription, ParamGroupsState
 
@@ -114,12 +115,13 @@ class _Group:
         self.lr_spec = kwargs.get("lr")  # as built: a schedule, a plateau, a number
 
 
-def _plain_view(tx, opt_state):
+def _view(tx, opt_state):
     """``(described tx, state, groups)`` with injected hyperparameters made plain values.
 
     ``torch_state_dict`` reads a state whose hyperparameters are the description's; an
-    ``inject_hyperparams`` optimizer keeps its current values (and its plateau state) in an
-    ``InjectState`` around the optimizer's own state. The view swaps the two.
+    ``inject_hyperparams`` optimizer (on its own or in ``param_groups``) keeps its current
+    values (and its plateau state) in an ``InjectState`` around the optimizer's own state.
+    ``groups`` keep what the torch scheduler needs: position, lr as built, plateau state.
     """
     desc = description(tx)
     if isinstance(desc, GroupsDescription):
@@ -132,21 +134,17 @@ def _plain_view(tx, opt_state):
                 f"{len(desc.groups)}: give the state of this tx"
             )
         groups = [_Group(g.kwargs, s) for g, s in zip(desc.groups, opt_state.groups)]
-        view = desc._replace(
-            groups=tuple(g._replace(kwargs=v.kwargs) for g, v in zip(desc.groups, groups))
-        )
-        state = ParamGroupsState(tuple(v.state for v in groups))
     elif isinstance(desc, Description):
         groups = [_Group(desc.kwargs, opt_state)]
-        view, state = desc._replace(kwargs=groups[0].kwargs), groups[0].state
     else:
         raise TypeError(
             "to_torch needs a transformation that says which optimizer it is: one from "
-            "jaxupdate.interop.from_torch, jaxupdate.param_groups.param_groups(ju.adam, ...) "
-            "(also around inject_hyperparams(ju.adam)), or a jaxupdate optimizer (ju.adam(...))"
+            "jaxupdate.interop.from_torch, a jaxupdate optimizer (ju.adam(...)), "
+            "inject_hyperparams(ju.adam)(...), or param_groups(ju.adam, ...) (also around "
+            "inject_hyperparams(ju.adam))"
         )
-    fake = optax.GradientTransformation(lambda p: None, lambda u, s, p=None: (u, s))
-    return attach(fake, view), state, groups
+    view_tx, view_state = _plain_view(tx, opt_state)
+    return view_tx, view_state, groups
 
 
 def _torch_epoch(spec, count: int) -> int:
@@ -221,9 +219,9 @@ def _plateau_checks(scheduler, groups: list) -> dict:
         raise ValueError(
             "the torch scheduler is a ReduceLROnPlateau, but the jaxupdate run's lr is not "
             "reduce_lr_on_plateau (from_torch(opt, plateau) or inject_hyperparams(ju.<opt>)"
-            "(lr=reduce_lr_on_plateau(...))), so it holds no plateau state to export; a plateau "
-            "driven by hand (set_hyperparams) is set on the torch scheduler by hand: best, "
-            "num_bad_epochs, cooldown_counter, last_epoch"
+            "(lr=reduce_lr_on_plateau(...))), so it holds no plateau state to export; for a "
+            "plateau driven by hand (its state kept aside, the lr set with set_hyperparams) "
+            "pass that state: to_torch(..., plateau_state=state)"
         )
     if any(s.schedule is not None for s in specs):
         raise NotImplementedError(
@@ -250,7 +248,11 @@ def _plateau_checks(scheduler, groups: list) -> dict:
                 f"param group {g}: the torch ReduceLROnPlateau is not the run's "
                 f"reduce_lr_on_plateau ({'; '.join(differ)}); build it with the same arguments"
             )
-    states = [g.plateau for g in groups]
+    return _plateau_attrs([g.plateau for g in groups])
+
+
+def _plateau_attrs(states: list) -> dict:
+    """torch's ReduceLROnPlateau attributes from the groups' plateau states (one per group)."""
     fields = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch")
     values = {f: {float(getattr(p, f)) for p in states} for f in fields}
     split = [f for f in fields if len(values[f]) > 1]
@@ -267,6 +269,60 @@ def _plateau_checks(scheduler, groups: list) -> dict:
     )
 
 
+def _given_plateau(plateau_state, scheduler, groups: list) -> dict:
+    """Checks ``plateau_state=`` (a plateau driven by hand) against the run and the scheduler."""
+    if scheduler is None or type(scheduler).__name__ != "ReduceLROnPlateau":
+        got = "no scheduler" if scheduler is None else f"a {type(scheduler).__name__}"
+        raise ValueError(
+            f"plateau_state is the state of a ReduceLROnPlateau, but the scheduler is {got}: "
+            "give the torch ReduceLROnPlateau to continue with"
+        )
+    # PlateauState is itself a tuple: test it before the sequence case
+    if isinstance(plateau_state, PlateauState):
+        states, per_group = [plateau_state] * len(groups), False
+    elif isinstance(plateau_state, (list, tuple)) and all(
+        isinstance(p, PlateauState) for p in plateau_state
+    ):
+        states, per_group = list(plateau_state), True
+        if len(states) != len(groups):
+            raise ValueError(
+                f"plateau_state holds {len(states)} plateau states, the run {len(groups)} "
+                "param groups: give one PlateauState, or one per group"
+            )
+    else:
+        raise TypeError(
+            "plateau_state must be a jaxupdate.lr_scheduler.PlateauState (reduce_lr_on_plateau"
+            f"(...).init() / .step(...)), or one per param group; got {type(plateau_state)}"
+        )
+    for g, group in enumerate(groups):
+        spec = group.lr_spec
+        if isinstance(spec, ReduceLROnPlateau):
+            raise ValueError(
+                f"param group {g}: the run's lr is reduce_lr_on_plateau, whose state is in "
+                "opt_state already (to_torch exports it): leave plateau_state out"
+            )
+        if isinstance(spec, Schedule) or (callable(spec) and not hasattr(spec, "shape")):
+            # the torch ReduceLROnPlateau would be the only scheduler stepping the lr
+            raise ValueError(
+                f"param group {g}: plateau_state is for an lr driven by hand (set_hyperparams), "
+                f"but the run's lr is a schedule ({type(spec).__name__}), which torch's "
+                "ReduceLROnPlateau does not step"
+            )
+    if per_group or len(groups) == 1:
+        # a single state for several groups carries one lr: torch's plateau keeps none, the
+        # groups' lrs are the run's
+        for g, (group, p) in enumerate(zip(groups, states)):
+            run = group.kwargs.get("lr")
+            if not _close(run, p.lr):
+                warnings.warn(
+                    f"param group {g}: plateau_state's lr is {_number(p.lr)}, the jaxupdate "
+                    f"run's {_number(run)}; keeping the run's (was set_hyperparams(state, "
+                    "lr=plateau_state.lr) not called after the last plateau step?)",
+                    stacklevel=3,
+                )
+    return _plateau_attrs(states)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -279,6 +335,7 @@ def to_torch(
     *,
     param_map: Optional[Sequence] = None,
     copy_params: bool = True,
+    plateau_state=None,
 ) -> None:
     """Continues a jaxupdate run in a torch optimizer (and scheduler): state, parameters,
     scheduler position.
@@ -297,7 +354,8 @@ def to_torch(
        scheduler behind it (``last_epoch`` smaller) is stepped forward from the lrs it last
        set, torch's "scheduler.step() before optimizer.step()" warning silenced. A
        ReduceLROnPlateau gets the run's ``best``, ``num_bad_epochs``, ``cooldown_counter`` and
-       ``last_epoch`` (the tx's lr must be ``reduce_lr_on_plateau`` with the same arguments).
+       ``last_epoch``: from the tx's lr, ``reduce_lr_on_plateau`` with the same arguments, or
+       from ``plateau_state`` for a plateau driven by hand.
     2. The optimizer state is loaded as :func:`jaxupdate.interop.load_into_torch` does
        (optimizer class, group count and sizes, shapes checked), keeping the group keys the
        live optimizer has and the export lacks (scheduler state such as ``initial_lr``,
@@ -314,8 +372,9 @@ def to_torch(
         as many param groups and parameters per group (the live one ``from_torch`` converted,
         or a fresh one).
       tx: the jaxupdate transformation of the run, one that says which optimizer it is: from
-        ``from_torch``, ``param_groups(ju.adam, ...)`` (``param_groups(inject_hyperparams(
-        ju.adam), ...)`` too) or a jaxupdate optimizer such as ``ju.adam(lr=schedule)``.
+        ``from_torch``, a jaxupdate optimizer such as ``ju.adam(lr=schedule)``,
+        ``inject_hyperparams(ju.adam)(...)`` (its current values are exported) or
+        ``param_groups(ju.adam, ...)`` (also around ``inject_hyperparams(ju.adam)``).
       opt_state: its state (``nnx.Optimizer.opt_state`` nodes are read through).
       params: the run's parameters; group ``g``'s leaves in ``jax.tree.leaves`` order are
         torch's ``param_groups[g]["params"]`` (or give ``param_map``).
@@ -326,6 +385,13 @@ def to_torch(
       param_map: torch's parameter order and layouts, as for
         :func:`jaxupdate.interop.torch_state_dict`.
       copy_params: copy ``params`` into the torch parameters (``False``: the caller does).
+      plateau_state: for a ReduceLROnPlateau stepped by hand (e.g. once per epoch: the
+        :class:`jaxupdate.lr_scheduler.PlateauState` of ``reduce_lr_on_plateau(...)`` kept
+        aside, ``plateau.step(ps, metric)``, the lr set with ``set_hyperparams``): that
+        state (or one per param group), written into ``scheduler`` (then a torch
+        ReduceLROnPlateau built with the same arguments, which cannot be checked here) as
+        the run's own plateau is. The run's lr must be a value (not a schedule); a state's
+        lr that is not the group's lr is warned about (the group's is kept).
 
     Raises:
       ValueError: another optimizer class, number of groups or of parameters per group,
@@ -335,6 +401,8 @@ def to_torch(
         for a run without one (and the reverse).
       TypeError: a transformation that does not describe itself.
       NotImplementedError: ``reduce_lr_on_plateau`` built on a schedule.
+      TypeError / ValueError (``plateau_state``): not PlateauStates, not one per group,
+        without a ReduceLROnPlateau, for a run whose lr is a schedule or a plateau.
 
     Example::
 
@@ -357,7 +425,7 @@ def to_torch(
     torch = T.torch()
     params, opt_state = _unwrap(params), _unwrap(opt_state)
     _check_state(tx, opt_state, params)
-    view_tx, view_state, groups = _plain_view(tx, opt_state)
+    view_tx, view_state, groups = _view(tx, opt_state)
     # the export validates the state against the transformation and the parameters
     sd = torch_state_dict(view_tx, view_state, params, param_map=param_map)
     layout = _layout(view_tx, params, need_description=True)
@@ -396,8 +464,10 @@ def to_torch(
                     f"the scheduler ({type(s).__name__}) belongs to another optimizer: give "
                     "the scheduler of torch_optimizer"
                 )
-    if plateau:
-        plateau_state = _plateau_checks(scheduler, groups)
+    if plateau_state is not None:
+        plateau_attrs = _given_plateau(plateau_state, scheduler, groups)
+    elif plateau:
+        plateau_attrs = _plateau_checks(scheduler, groups)
     elif scheduler is not None:
         if any(isinstance(g.lr_spec, ReduceLROnPlateau) for g in groups):
             raise ValueError(
@@ -476,7 +546,7 @@ def to_torch(
                 else:
                     _settle(group, key, value, g, scheduler)
     if plateau:
-        for name, value in plateau_state.items():
+        for name, value in plateau_attrs.items():
             setattr(scheduler, name, value)
         scheduler._last_lr = [group["lr"] for group in torch_optimizer.param_groups]
 

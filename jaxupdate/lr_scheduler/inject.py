@@ -18,9 +18,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxupdate._described import Description, attach, description
 from jaxupdate._hparams import is_number, is_static_zero, normalize, scalar_dtype
 from jaxupdate.lr_scheduler._base import Schedule, as_count
 from jaxupdate.lr_scheduler.plateau import ReduceLROnPlateau
+from jaxupdate.param_groups import GroupsDescription, ParamGroupsState
 
 
 class InjectState(NamedTuple):
@@ -147,6 +149,11 @@ def inject_hyperparams(
     the parameters' dtype (torch computes scalars in double precision) and evaluates
     schedules at the count rather than stepping them.
 
+    The transformation describes itself as ``opt_fn`` with the arguments given (as
+    ``ju.adam(...)`` does), so :func:`jaxupdate.interop.to_torch` and ``torch_state_dict``
+    take it directly, exporting the injected values the next update uses as torch's
+    param-group entries.
+
     Args:
       opt_fn: an optimizer factory, e.g. ``ju.sgd``.
       static_args: names of further arguments to keep static.
@@ -211,7 +218,11 @@ def inject_hyperparams(
                     hp[name], hs[name] = pairs
             return updates, InjectState(count, hp, hs, inner_state)
 
-        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+        tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+        # what described / param_groups record for a plain optimizer function: the function
+        # (unwrapped, the key of the interop tables) and every argument as given (schedules
+        # included; the current values live in the state, see _plain_view)
+        return attach(tx, Description(inspect.unwrap(opt_fn), dict(bound.arguments)))
 
     return factory
 
@@ -231,6 +242,48 @@ def _map_inject_states(state, fn):
     if isinstance(state, dict):
         return {k: _map_inject_states(v, fn) for k, v in state.items()}
     return state
+
+
+def _plain_view(tx, opt_state):
+    """``(tx, opt_state)`` as a plain described optimizer would have them.
+
+    An :func:`inject_hyperparams` optimizer describes itself with the arguments it was built
+    with (an lr schedule, a plateau), and keeps the values the next update uses (torch's
+    param-group entries) in an :class:`InjectState` around the optimizer's own state. The
+    torch exports read a description whose hyperparameters are the values and a state that
+    is the optimizer's: the view swaps the two, for a described optimizer and for every
+    group of a ``param_groups`` one. ``(tx, opt_state)`` come back unchanged when no injected
+    state is involved (or the state does not fit ``tx``: the caller's checks report that).
+    The view's ``tx`` is only a description: its ``init`` / ``update`` do nothing.
+    """
+    desc = description(tx)
+    if isinstance(desc, GroupsDescription):
+        if not isinstance(opt_state, ParamGroupsState) or len(opt_state.groups) != len(
+            desc.groups
+        ):
+            return tx, opt_state
+        if not any(_is_inject_state(s) for s in opt_state.groups):
+            return tx, opt_state
+        kwargs = [_values(g.kwargs, s) for g, s in zip(desc.groups, opt_state.groups)]
+        view = desc._replace(
+            groups=tuple(g._replace(kwargs=kw) for g, kw in zip(desc.groups, kwargs))
+        )
+        state = ParamGroupsState(
+            tuple(s.inner_state if _is_inject_state(s) else s for s in opt_state.groups)
+        )
+    elif isinstance(desc, Description) and _is_inject_state(opt_state):
+        view, state = desc._replace(kwargs=_values(desc.kwargs, opt_state)), opt_state.inner_state
+    else:
+        return tx, opt_state
+    fake = optax.GradientTransformation(lambda p: None, lambda u, s, p=None: (u, s))
+    return attach(fake, view), state
+
+
+def _values(kwargs: dict, state) -> dict:
+    """The arguments with the injected ones replaced by their current values."""
+    if not _is_inject_state(state):
+        return dict(kwargs)
+    return {**kwargs, **state.hyperparams}
 
 
 def _like(value, old, name):
