@@ -243,12 +243,12 @@ def error_cases(err_fn, prefix=""):
 # ---------------------------------------------------------------------------------------------
 
 
-def assert_signature_matches(torch_cls, ju_fn, check_types=True):
+def assert_signature_matches(torch_cls, ju_fn):
     """Same argument names, order, kinds, defaults and default types as torch.
 
     ``params`` and the kernel-choice arguments (TORCH_ONLY_KWARGS) are left out. The default's
-    type is compared too unless ``check_types=False``: ``weight_decay=0`` and ``0.0`` are equal
-    but print differently in torch's error messages.
+    type is compared too: ``weight_decay=0`` and ``0.0`` are equal but print differently in
+    torch's error messages and param groups.
     """
     t_params = [
         p
@@ -260,8 +260,7 @@ def assert_signature_matches(torch_cls, ju_fn, check_types=True):
     for tp, jp in zip(t_params, j_params, strict=True):
         assert tp.kind == jp.kind, tp.name
         assert tp.default == jp.default, (tp.name, tp.default, jp.default)
-        if check_types:
-            assert type(tp.default) is type(jp.default), (tp.name, tp.default, jp.default)
+        assert type(tp.default) is type(jp.default), (tp.name, tp.default, jp.default)
 
 
 def check_torch_error(torch_cls, ju_fn, err):

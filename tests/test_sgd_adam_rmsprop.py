@@ -116,12 +116,9 @@ def test_grid_complex(name):
 
 @pytest.mark.parametrize("name", list(OPTIMS))
 def test_defaults_match_torch(name):
-    """Same argument names, order and defaults as torch (minus kernel-choice arguments).
-
-    Default types are not compared: sgd's momentum/dampening/weight_decay and adam's and
-    rmsprop's weight_decay default to 0.0 where torch writes 0 (equal values).
-    """
-    assert_signature_matches(*OPTIMS[name][:2], check_types=False)
+    """Same argument names, order, defaults and default types as torch (minus kernel-choice
+    arguments): ``weight_decay=0`` as torch writes it, not ``0.0``."""
+    assert_signature_matches(*OPTIMS[name][:2])
 
 
 ERRORS = [

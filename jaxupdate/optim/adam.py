@@ -27,7 +27,7 @@ def adam(
     lr=1e-3,
     betas=(0.9, 0.999),
     eps=1e-8,
-    weight_decay=0.0,
+    weight_decay=0,
     amsgrad: bool = False,
     *,
     maximize: bool = False,

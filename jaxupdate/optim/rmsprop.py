@@ -15,8 +15,8 @@ def rmsprop(
     lr=1e-2,
     alpha=0.99,
     eps=1e-8,
-    weight_decay=0.0,
-    momentum=0.0,
+    weight_decay=0,
+    momentum=0,
     centered: bool = False,
     maximize: bool = False,
 ) -> optax.GradientTransformationExtraArgs:

@@ -13,9 +13,9 @@ from jaxupdate.optim._base import assemble, check_lr, check_nonneg
 @described
 def sgd(
     lr=1e-3,
-    momentum=0.0,
-    dampening=0.0,
-    weight_decay=0.0,
+    momentum=0,
+    dampening=0,
+    weight_decay=0,
     nesterov: bool = False,
     *,
     maximize: bool = False,
