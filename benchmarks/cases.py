@@ -39,6 +39,18 @@ class Case:
               "adagrad": adagrad}[self.name]
         return fn(**self.torch_kwargs)
 
+    def jax_contender(self, name: str):
+        """The transformation a JAX contender (``jaxupdate``, ``optax``, ``xla-floor``) runs."""
+        if name == "jaxupdate":
+            return self.jaxupdate()
+        if name == "optax":
+            return self.optax()
+        if name == "xla-floor":
+            from benchmarks.floor import floor_tx
+
+            return floor_tx(self)
+        raise KeyError(f"not a JAX contender: {name!r}")
+
     def optax(self) -> Callable:
         import optax
 

@@ -61,7 +61,7 @@ def _measure_jax(case, contender, shapes, steps):
     import jax.numpy as jnp
     import optax
 
-    tx = case.jaxupdate() if contender == "jaxupdate" else case.optax()
+    tx = case.jax_contender(contender)
     avals = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
     state_avals = jax.eval_shape(tx.init, avals)
 
@@ -134,7 +134,7 @@ def measure(optimizer: str, contender: str, size: int, leaves: int, steps: int =
     case = CASES[optimizer]
     shapes = make_shapes(size, leaves)
     n = num_params(shapes)
-    if contender in ("jaxupdate", "optax"):
+    if contender in ("jaxupdate", "optax", "xla-floor"):
         run, xla = _measure_jax(case, contender, shapes, steps)
     else:
         run, xla = _measure_torch(case, contender, shapes, steps)

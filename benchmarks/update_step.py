@@ -206,14 +206,7 @@ def build_contenders(case: Case, shapes, names) -> tuple[list[Contender], dict[s
                     import jax.numpy as jnp
 
                     jax_grads = [jnp.full(s, 1e-3, jnp.float32) for s in shapes]
-                if name == "jaxupdate":
-                    tx = case.jaxupdate()
-                elif name == "optax":
-                    tx = case.optax()
-                else:
-                    from benchmarks.floor import floor_tx
-
-                    tx = floor_tx(case)
+                tx = case.jax_contender(name)
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message=".*donated buffers.*")
                     built.append(_jax_contender(name, tx, shapes, jax_grads))

@@ -169,3 +169,13 @@ def test_flat_layout_experiment_compares_the_same_algorithm(capsys):
     assert not np.allclose(finals["per-leaf"], 1.0)  # the steps moved the parameters
     table = capsys.readouterr().out
     assert table.count("| 6 |") == 3 and "fusion" in table
+
+
+@pytest.mark.parametrize("contender", ["jaxupdate", "optax", "xla-floor"])
+def test_jax_contenders_build_for_memory_and_timing(contender):
+    """Every JAX contender builds through Case.jax_contender, for timing and for memory."""
+    from benchmarks.memory import measure
+
+    res = measure("adam", contender, 200_000, 4, steps=2)
+    assert res["xla_memory_analysis"]["alias_size_in_bytes"] > 0  # params and state donated
+    assert res["params_grads_state_bytes"] == 4 * 4 * res["params"]
