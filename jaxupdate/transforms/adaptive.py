@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import bias_correction, cast, fused_dtype, resolve, step_float
+from jaxupdate._hparams import bias_correction, cast, fused_dtype, leaf_map, resolve, step_float
 from jaxupdate.transforms.common import init_count
 from jaxupdate.transforms.moments import lerp
 
@@ -73,13 +73,13 @@ def torch_adagrad(
         # torch: clr = lr / (1 + (step - 1) * lr_decay), in Python double precision
         count = jnp.asarray(state.count, step_float(state.count).dtype)
         clr = resolve(lr, state.count) / (1.0 + count * resolve(lr_decay, state.count))
-        sums = jax.tree.map(lambda s, g: addcmul(s, 1.0, g, g), state.sum, updates)
+        sums = leaf_map(lambda s, g: addcmul(s, 1.0, g, g), state.sum, updates)
 
         def update(g, s):
             std = jnp.sqrt(s) + cast(e, s)
             return (cast(-clr, g) * g) / std
 
-        out = jax.tree.map(update, updates, sums)
+        out = leaf_map(update, updates, sums)
         return out, TorchAdagradState(optax.safe_increment(state.count), sums)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -119,7 +119,7 @@ def scale_by_torch_adadelta(rho=0.9, eps=1e-6) -> optax.GradientTransformationEx
         keep = 1.0 - r
 
         # torch: square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)
-        sq = jax.tree.map(
+        sq = leaf_map(
             lambda v, g: addcmul(v * cast(r, v), keep, g, g), state.square_avg, updates
         )
 
@@ -127,8 +127,8 @@ def scale_by_torch_adadelta(rho=0.9, eps=1e-6) -> optax.GradientTransformationEx
             std = jnp.sqrt(v + cast(e, v))
             return jnp.sqrt(a + cast(e, a)) / std * g
 
-        deltas = jax.tree.map(delta, updates, sq, state.acc_delta)
-        acc = jax.tree.map(
+        deltas = leaf_map(delta, updates, sq, state.acc_delta)
+        acc = leaf_map(
             lambda a, d: addcmul(a * cast(r, a), keep, d, d), state.acc_delta, deltas
         )
         return deltas, TorchAdadeltaState(optax.safe_increment(state.count), sq, acc)
@@ -166,13 +166,13 @@ def torch_adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8) -> optax.GradientTransfo
         e = resolve(eps, state.count)
         clr = resolve(lr, state.count) / bias_correction(b1, step_float(state.count))
 
-        mu = jax.tree.map(lambda m, g: lerp(m, g, 1.0 - b1), state.exp_avg, updates)
-        inf = jax.tree.map(
+        mu = leaf_map(lambda m, g: lerp(m, g, 1.0 - b1), state.exp_avg, updates)
+        inf = leaf_map(
             lambda u, g: jnp.maximum(u * cast(b2, u), jnp.abs(g) + cast(e, g)),
             state.exp_inf,
             updates,
         )
-        out = jax.tree.map(lambda m, u: (cast(-clr, m) * m) / u, mu, inf)
+        out = leaf_map(lambda m, u: (cast(-clr, m) * m) / u, mu, inf)
         return out, TorchAdamaxState(optax.safe_increment(state.count), mu, inf)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -224,7 +224,7 @@ def torch_rprop(
             g = jnp.where(factor == cast(em, factor), jnp.zeros_like(g), g)
             return -(_torch_sign(g) * size), g, size
 
-        res = jax.tree.map(one, updates, state.prev, state.step_size)
+        res = leaf_map(one, updates, state.prev, state.step_size)
         treedef = jax.tree.structure(updates)
         out, prev, size = (
             jax.tree.unflatten(treedef, [r[i] for r in treedef.flatten_up_to(res)])

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import add_scaled, cast, delta, resolve
+from jaxupdate._hparams import add_scaled, cast, delta, leaf_map, resolve
 
 
 class CountState(NamedTuple):
@@ -78,7 +78,7 @@ def maximize() -> optax.GradientTransformationExtraArgs:
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        return jax.tree.map(jnp.negative, updates), state
+        return leaf_map(jnp.negative, updates), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -94,7 +94,7 @@ def add_weight_decay(weight_decay) -> optax.GradientTransformationExtraArgs:
         del extra_args
         require_params(params, "weight_decay")
         wd = resolve(weight_decay, state.count)
-        updates = jax.tree.map(lambda g, p: add_scaled(g, wd, p), updates, params)
+        updates = leaf_map(lambda g, p: add_scaled(g, wd, p), updates, params)
         return updates, CountState(optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -117,9 +117,9 @@ def scale_by_learning_rate(lr) -> optax.GradientTransformationExtraArgs:
         del extra_args
         neg_lr = -resolve(lr, state.count)
         if params is None:
-            updates = jax.tree.map(lambda d: cast(neg_lr, d) * d, updates)
+            updates = leaf_map(lambda d: cast(neg_lr, d) * d, updates)
         else:
-            updates = jax.tree.map(lambda d, p: delta(add_scaled(p, neg_lr, d), p), updates, params)
+            updates = leaf_map(lambda d, p: delta(add_scaled(p, neg_lr, d), p), updates, params)
         return updates, CountState(optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -142,7 +142,7 @@ def decoupled_weight_decay(lr, weight_decay) -> optax.GradientTransformationExtr
         del extra_args
         require_params(params, "decoupled weight_decay")
         factor = 1.0 - resolve(lr, state.count) * resolve(weight_decay, state.count)
-        updates = jax.tree.map(lambda u, p: delta(p * cast(factor, p) + u, p), updates, params)
+        updates = leaf_map(lambda u, p: delta(p * cast(factor, p) + u, p), updates, params)
         return updates, CountState(optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import bias_correction, cast, is_number, resolve, step_float
+from jaxupdate._hparams import bias_correction, cast, is_number, leaf_map, resolve, step_float
 from jaxupdate.transforms.common import init_count
 
 
@@ -65,10 +65,10 @@ def scale_by_torch_adam(
         inv_bc1 = 1.0 / bias_correction(b1, step)
         bc2_sqrt = jnp.sqrt(bias_correction(b2, step))
 
-        mu = jax.tree.map(lambda m, g: lerp(m, g, 1.0 - b1), state.exp_avg, updates)
-        nu = jax.tree.map(lambda v, g: ema_square(v, g, b2), state.exp_avg_sq, updates)
+        mu = leaf_map(lambda m, g: lerp(m, g, 1.0 - b1), state.exp_avg, updates)
+        nu = leaf_map(lambda v, g: ema_square(v, g, b2), state.exp_avg_sq, updates)
         if amsgrad:
-            nu_max = jax.tree.map(jnp.maximum, state.max_exp_avg_sq, nu)
+            nu_max = leaf_map(jnp.maximum, state.max_exp_avg_sq, nu)
         else:
             nu_max = None
 
@@ -76,7 +76,7 @@ def scale_by_torch_adam(
             denom = jnp.sqrt(v) / cast(bc2_sqrt, v) + cast(e, v)
             return (cast(inv_bc1, m) * m) / denom
 
-        out = jax.tree.map(direction, mu, nu_max if amsgrad else nu)
+        out = leaf_map(direction, mu, nu_max if amsgrad else nu)
         return out, TorchAdamState(optax.safe_increment(state.count), mu, nu, nu_max)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -103,14 +103,14 @@ def scale_by_torch_rms(alpha=0.99, eps=1e-8, centered: bool = False):
         del params, extra_args
         a = resolve(alpha, state.count)
         e = resolve(eps, state.count)
-        sq = jax.tree.map(lambda s, g: ema_square(s, g, a), state.square_avg, updates)
+        sq = leaf_map(lambda s, g: ema_square(s, g, a), state.square_avg, updates)
         if centered:
-            ga = jax.tree.map(lambda m, g: lerp(m, g, 1.0 - a), state.grad_avg, updates)
-            avg = jax.tree.map(lambda s, m: jnp.sqrt(s - m * m), sq, ga)
+            ga = leaf_map(lambda m, g: lerp(m, g, 1.0 - a), state.grad_avg, updates)
+            avg = leaf_map(lambda s, m: jnp.sqrt(s - m * m), sq, ga)
         else:
             ga = None
-            avg = jax.tree.map(jnp.sqrt, sq)
-        out = jax.tree.map(lambda g, d: g / (d + cast(e, d)), updates, avg)
+            avg = leaf_map(jnp.sqrt, sq)
+        out = leaf_map(lambda g, d: g / (d + cast(e, d)), updates, avg)
         return out, TorchRMSState(optax.safe_increment(state.count), sq, ga)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import add_scaled, mul_scalar, resolve
+from jaxupdate._hparams import add_scaled, leaf_map, mul_scalar, resolve
 from jaxupdate.transforms.common import init_count
 
 
@@ -47,10 +47,10 @@ def torch_momentum(
             dt = jnp.result_type(g, later)
             return jax.lax.select(state.count == 0, g.astype(dt), later.astype(dt))
 
-        bufs = jax.tree.map(new_buf, updates, state.momentum_buffer)
+        bufs = leaf_map(new_buf, updates, state.momentum_buffer)
         if nesterov:
             # torch: grad = grad.add(buf, alpha=momentum)
-            out = jax.tree.map(lambda g, b: add_scaled(g, mom, b), updates, bufs)
+            out = leaf_map(lambda g, b: add_scaled(g, mom, b), updates, bufs)
         else:
             out = bufs
         return out, TorchMomentumState(optax.safe_increment(state.count), bufs)
