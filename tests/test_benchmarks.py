@@ -179,3 +179,17 @@ def test_jax_contenders_build_for_memory_and_timing(contender):
     res = measure("adam", contender, 200_000, 4, steps=2)
     assert res["xla_memory_analysis"]["alias_size_in_bytes"] > 0  # params and state donated
     assert res["params_grads_state_bytes"] == 4 * 4 * res["params"]
+
+
+def test_jax_contenders_that_cannot_compile_in_memory_are_dropped_with_a_reason():
+    """10,000 leaves took 17 GB to compile (one JAX step); three in one process ran out of
+    memory on a 24 GB machine. The benchmark drops what does not fit, jaxupdate last."""
+    from benchmarks.update_step import compile_bytes, fit_jax_contenders
+
+    names = ["jaxupdate", "optax", "xla-floor", "torch-fused"]
+    assert fit_jax_contenders(names, 100, 10e9) == (names, {})
+    kept, dropped = fit_jax_contenders(names, 10_000, 1.5 * compile_bytes(10_000))
+    assert kept == ["jaxupdate", "torch-fused"] and set(dropped) == {"optax", "xla-floor"}
+    assert "10,000 leaves" in dropped["optax"] and "--max-mem-fraction" in dropped["optax"]
+    kept, dropped = fit_jax_contenders(names, 10_000, 1e9)
+    assert kept == ["torch-fused"] and set(dropped) == {"jaxupdate", "optax", "xla-floor"}
