@@ -2,7 +2,8 @@
 
 ``python -m benchmarks`` (or ``make bench``) runs the default preset, a few minutes on a 2-core
 machine; ``--full`` runs issue 7's whole grid (sizes 1M, 10M, 100M x 10 to 10,000 leaves; hours
-on 2 cores, most of it compiling 10,000-leaf steps). Results go to ``benchmarks/results/``:
+on 2 cores, most of it compiling 10,000-leaf steps); ``--preset gpu`` times Adam up to 1B
+parameters against torch's fused CUDA Adam on a CUDA machine. Results go to ``benchmarks/results/``:
 ``results.json`` (everything, raw samples included), ``results.md`` (the tables, also printed) and
 PNG plots. ``--optimizers``, ``--sizes``, ``--leaves`` and ``--contenders`` narrow or replace the
 preset's grid; see ``--help``.
@@ -47,6 +48,19 @@ PRESETS = {
         "train": {"width": 1024, "depth": 4, "batch": 256, "d_in": 128, "rounds": 15,
                   "warmup": 3, "optimizers": ["sgd", "adam"]},
     },
+    # issue 7 item 4, for a machine with a CUDA GPU (jax with CUDA, torch with CUDA): Adam up to
+    # 1B parameters against torch's fused CUDA Adam, as a share of the measured HBM bandwidth
+    # (the roofline of the cuda rows); no CPU torch contenders at that size
+    "gpu": {
+        "grid": [(["adam"], ["100M", "1000M"], [10, 100])],
+        "contenders": ["jaxupdate", "optax", "xla-floor", "torch-cuda-foreach",
+                       "torch-cuda-fused"],
+        "rounds": 15, "warmup": 3, "bandwidth_floats": "250M",
+        "memory": {"optimizers": ["adam"], "sizes": ["10M"], "leaves": [100],
+                   "contenders": ["jaxupdate"]},
+        "train": {"width": 1024, "depth": 4, "batch": 256, "d_in": 128, "rounds": 15,
+                  "warmup": 3, "optimizers": ["adam"]},
+    },
     # issue 7's grid; 100M is skipped where memory does not allow it
     "full": {
         "grid": [(ALL, ["1M", "10M", "100M"], [10, 100, 1000, 10000])],
@@ -72,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--sizes", nargs="+", type=parse_count, help="total parameters, e.g. 1M 10M")
     g.add_argument("--leaves", nargs="+", type=int)
     g.add_argument("--contenders", nargs="+",
-                   help="subset of: jaxupdate optax torch-single torch-foreach torch-fused "
+                   help="subset of: jaxupdate optax xla-floor torch-single torch-foreach "
+                        "torch-fused "
                         "(+ torch-cuda-foreach torch-cuda-fused when CUDA is available)")
     g.add_argument("--rounds", type=int)
     g.add_argument("--warmup", type=int)
@@ -117,7 +132,7 @@ def _settings(args) -> dict:
     return {
         "preset": args.preset,
         "grid": grid,
-        "contenders": args.contenders,
+        "contenders": args.contenders or p.get("contenders"),
         "rounds": args.rounds or p["rounds"],
         "warmup": args.warmup if args.warmup is not None else p["warmup"],
         "bandwidth_floats": args.bandwidth_floats or parse_count(p["bandwidth_floats"]),
@@ -145,6 +160,12 @@ def main(argv=None) -> int:
 
     warnings.filterwarnings("ignore", message=".*donated buffers.*")
     from benchmarks import machine, report, update_step
+
+    if settings["preset"] == "gpu" and not (update_step._cuda_available()
+                                            and update_step._jax_platform() == "cuda"):
+        raise SystemExit("--preset gpu needs a CUDA GPU seen by both torch and jax "
+                         f"(torch.cuda.is_available(): {update_step._cuda_available()}, jax "
+                         f"backend: {update_step._jax_platform()})")
     from benchmarks.cases import make_shapes, num_params
     from benchmarks.memory import run_in_subprocess
     from benchmarks.progress import Progress

@@ -217,6 +217,9 @@ def build_contenders(case: Case, shapes, names) -> tuple[list[Contender], dict[s
                 import torch
 
                 if "cuda" in name:
+                    if not _cuda_available():
+                        unavailable[name] = "torch.cuda.is_available() is False"
+                        continue
                     if cuda_grads is None:
                         cuda_grads = [torch.full(s, 1e-3, device="cuda") for s in shapes]
                     grads = cuda_grads

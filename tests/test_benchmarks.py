@@ -193,3 +193,18 @@ def test_jax_contenders_that_cannot_compile_in_memory_are_dropped_with_a_reason(
     assert "10,000 leaves" in dropped["optax"] and "--max-mem-fraction" in dropped["optax"]
     kept, dropped = fit_jax_contenders(names, 10_000, 1e9)
     assert kept == ["torch-fused"] and set(dropped) == {"jaxupdate", "optax", "xla-floor"}
+
+
+def test_gpu_preset_settings_and_refusal_without_cuda():
+    """``--preset gpu`` (issue 7 item 4): Adam at 100M and 1B against torch's CUDA kernels;
+    on a machine without a CUDA GPU it stops with a clear message instead of timing CPUs."""
+    from benchmarks.__main__ import _parser, _settings, main
+    from benchmarks.update_step import _cuda_available, _jax_platform
+
+    st = _settings(_parser().parse_args(["--preset", "gpu"]))
+    assert st["grid"] == [(["adam"], [100_000_000, 1_000_000_000], [10, 100])]
+    assert "torch-cuda-fused" in st["contenders"] and "torch-fused" not in st["contenders"]
+    if _cuda_available() and _jax_platform() == "cuda":
+        pytest.skip("this machine has a CUDA GPU: the refusal does not apply")
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        main(["--preset", "gpu", "--quiet"])
