@@ -52,6 +52,8 @@ from jaxupdate.lr_scheduler._base import PerEpoch, Schedule
 from jaxupdate.lr_scheduler.inject import _plain_view
 from jaxupdate.lr_scheduler.plateau import PlateauState, ReduceLROnPlateau
 from jaxupdate.param_groups import GroupsDescription, ParamGroupsState
+from jaxupdate.transforms.validate import _check_state as check_state_fits
+from jaxupdate.transforms.validate import _name_of
 
 # torch's warning when a scheduler steps before its optimizer ever did: moving a scheduler to
 # the run's position is exactly that, and harmless here
@@ -558,7 +560,9 @@ def to_torch(
 
 
 def _check_state(tx, opt_state, params):
-    """``opt_state`` must be shaped as ``tx.init(params)``: the parameters are the run's."""
+    """``opt_state`` must be shaped as ``tx.init(params)``: the parameters are the run's.
+
+    The comparison is ``validate_inputs``'s (the first mismatching path named)."""
     try:
         want = jax.eval_shape(tx.init, params)  # shapes only, nothing allocated
     except ValueError:
@@ -566,15 +570,7 @@ def _check_state(tx, opt_state, params):
     except jax.errors.JAXTypeError:
         # an init that reads concrete values (from_torch's loads torch's state_dict)
         want = tx.init(params)
-    have_def, want_def = jax.tree.structure(opt_state), jax.tree.structure(want)
-    have = [tuple(np.shape(x)) for x in jax.tree.leaves(opt_state)]
-    shapes = [tuple(x.shape) for x in jax.tree.leaves(want)]
-    if have_def != want_def or have != shapes:
-        n = len(jax.tree.leaves(params))
-        raise ValueError(
-            f"opt_state is not the state tx.init gives for these params ({n} leaves): give the "
-            "run's parameters, in the structure the run used, with its tx and opt_state"
-        )
+    check_state_fits(opt_state, want, "params", _name_of(tx))
 
 
 def _settle(group: dict, key: str, wanted, g: int, scheduler):
