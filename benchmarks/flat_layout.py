@@ -31,18 +31,9 @@ import time
 from collections import Counter
 
 from benchmarks.cases import CASES, make_shapes, parse_count
+from benchmarks.floor import adam_m, adam_update, adam_v
 
-B1, B2, LR, EPS = 0.9, 0.999, 1e-3, 1e-8
-
-
-def _moments(m, v, g):
-    return m + (1 - B1) * (g - m), B2 * v + (1 - B2) * g * g
-
-
-def _update(m, v, step):
-    import jax.numpy as jnp
-
-    return -(LR / (1 - B1 ** step)) * m / (jnp.sqrt(v) / jnp.sqrt(1 - B2 ** step) + EPS)
+LR = 1e-3
 
 
 def variants(shapes):
@@ -74,19 +65,20 @@ def variants(shapes):
     def flat(params, state, grads):
         m, v, count = state
         step = (count + 1).astype(jnp.float32)
-        m, v = _moments(m, v, jnp.concatenate([g.ravel() for g in grads]))
-        u = _update(m, v, step)
+        flat_g = jnp.concatenate([g.ravel() for g in grads])
+        m, v = adam_m(m, flat_g), adam_v(v, flat_g)
+        u = adam_update(m, v, step, LR)
         updates = [piece(u, i, p.shape) for i, p in enumerate(params)]
         return optax.apply_updates(params, updates), (m, v, count + 1)
 
     def flat_sliced(params, state, grads):
         m, v, count = state
         step = (count + 1).astype(jnp.float32)
-        parts = [_moments(piece(m, i, g.shape), piece(v, i, g.shape), g)
-                 for i, g in enumerate(grads)]
-        m = jnp.concatenate([a.ravel() for a, _ in parts])
-        v = jnp.concatenate([b.ravel() for _, b in parts])
-        updates = [_update(piece(m, i, p.shape), piece(v, i, p.shape), step)
+        m = jnp.concatenate([adam_m(piece(m, i, g.shape), g).ravel()
+                             for i, g in enumerate(grads)])
+        v = jnp.concatenate([adam_v(piece(v, i, g.shape), g).ravel()
+                             for i, g in enumerate(grads)])
+        updates = [adam_update(piece(m, i, p.shape), piece(v, i, p.shape), step, LR)
                    for i, p in enumerate(params)]
         return optax.apply_updates(params, updates), (m, v, count + 1)
 

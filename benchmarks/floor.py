@@ -22,6 +22,25 @@ from typing import NamedTuple
 
 from benchmarks.cases import Case
 
+B1, B2, EPS = 0.9, 0.999, 1e-8  # torch's Adam defaults
+
+
+def adam_m(m, g):
+    """Adam's new first moment, fewest operations."""
+    return m + (1 - B1) * (g - m)
+
+
+def adam_v(v, g):
+    """Adam's new second moment, fewest operations."""
+    return B2 * v + (1 - B2) * g * g
+
+
+def adam_update(m, v, step, lr):
+    """Adam's update from the new moments at float ``step`` (1, 2, ...)."""
+    import jax.numpy as jnp
+
+    return -(lr / (1 - B1 ** step)) * m / (jnp.sqrt(v) / jnp.sqrt(1 - B2 ** step) + EPS)
+
 
 class FloorState(NamedTuple):
     count: object
@@ -46,13 +65,9 @@ def floor_tx(case: Case):
         step = (state.count + 1).astype(jnp.float32)
         tree = jax.tree.map
         if case.name in ("adam", "adamw"):
-            b1, b2, eps = 0.9, 0.999, 1e-8
             m, v = state.bufs
-            m = tree(lambda m, g: m + (1 - b1) * (g - m), m, grads)
-            v = tree(lambda v, g: b2 * v + (1 - b2) * g * g, v, grads)
-            step_size = lr / (1 - b1 ** step)
-            bc2_sqrt = jnp.sqrt(1 - b2 ** step)
-            u = tree(lambda m, v: -step_size * m / (jnp.sqrt(v) / bc2_sqrt + eps), m, v)
+            m, v = tree(adam_m, m, grads), tree(adam_v, v, grads)
+            u = tree(lambda m, v: adam_update(m, v, step, lr), m, v)
             if case.name == "adamw":
                 wd = kw["weight_decay"]
                 u = tree(lambda u, p: u - (lr * wd) * p, u, params)
