@@ -2,7 +2,7 @@
 
 Issue 7 asked to measure the idea of flattening small leaves of one dtype into contiguous
 buffers with the state kept flat. This script times Adam (float32, torch's defaults) written
-three ways, all with optax's API (``update`` returns per-leaf updates, ``optax.apply_updates``
+four ways, all with optax's API (``update`` returns per-leaf updates, ``optax.apply_updates``
 adds them), interleaved in one process, medians:
 
 - ``per-leaf``: the leanest per-leaf step (:func:`benchmarks.floor.floor_tx`): 3 kernels per leaf;
@@ -10,14 +10,17 @@ adds them), interleaved in one process, medians:
   moments and the update computed once over the flat buffer, and the update sliced back per leaf;
 - ``flat-sliced``: the flat state, but every leaf's moments computed from slices and concatenated
   into the new flat buffers, and each parameter updated from slices of them (no flat gradient
-  or update temporary).
+  or update temporary);
+- ``stacked-mv``: per leaf, ``m`` and ``v`` stacked in one ``(2, *shape)`` array, so that one
+  kernel might write both (XLA adds a copy per leaf instead).
 
 and prints the step time, compile time and kernel count of each. On the 2-core development
-machine (jax 0.10.2) both flat layouts lose: ``flat`` materializes a parameter-sized
+machine (jax 0.10.2) all three alternatives lose: ``flat`` materializes a parameter-sized
 concatenated gradient and update per step, which the allocator hands out as fresh pages that
-fault on every step (with ``MALLOC_MMAP_THRESHOLD_`` raised it only ties with ``per-leaf``),
-and ``flat-sliced`` makes XLA compile concatenations of thousands of operands (tens of seconds
-at 1,000 leaves) that run slower than the per-leaf kernels. Run::
+fault on every step (run with ``MALLOC_MMAP_THRESHOLD_=4294967296`` it only ties with
+``per-leaf``); ``flat-sliced`` makes XLA compile concatenations of thousands of operands (tens
+of seconds at 1,000 leaves) that run slower than the per-leaf kernels; ``stacked-mv`` saves a
+kernel per leaf but XLA copies the stacked state to update it in place. Run::
 
     python -m benchmarks.flat_layout --leaves 100 1000 --size 10M
 """
@@ -82,7 +85,19 @@ def variants(shapes):
                    for i, p in enumerate(params)]
         return optax.apply_updates(params, updates), (m, v, count + 1)
 
-    return {"per-leaf": (tx.init, per_leaf), "flat": (flat_init, flat),
+    def stacked_init(params):
+        return ([jnp.zeros((2, *p.shape), jnp.float32) for p in params],
+                jnp.zeros([], jnp.int32))
+
+    def stacked(params, state, grads):
+        mv, count = state
+        step = (count + 1).astype(jnp.float32)
+        mv = [jnp.stack([adam_m(a[0], g), adam_v(a[1], g)]) for a, g in zip(mv, grads)]
+        updates = [adam_update(a[0], a[1], step, LR) for a in mv]
+        return optax.apply_updates(params, updates), (mv, count + 1)
+
+    return {"per-leaf": (tx.init, per_leaf), "stacked-mv": (stacked_init, stacked),
+            "flat": (flat_init, flat),
             "flat-sliced": (flat_init, flat_sliced)}
 
 
@@ -129,7 +144,8 @@ def main(argv=None) -> None:
     ap.add_argument("--size", default="10M")
     ap.add_argument("--leaves", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--rounds", type=int, default=11)
-    ap.add_argument("--variants", nargs="+", choices=["per-leaf", "flat", "flat-sliced"])
+    ap.add_argument("--variants", nargs="+",
+                    choices=["per-leaf", "stacked-mv", "flat", "flat-sliced"])
     args = ap.parse_args(argv)
     size = parse_count(args.size)
     print("| leaves | layout | step ms | compile s | array kernels |")

@@ -163,12 +163,12 @@ def test_flat_layout_experiment_compares_the_same_algorithm(capsys):
                 params, state = jax.jit(step)(params, state, grads)
             finals[name] = np.concatenate([np.ravel(p) for p in params])
         main(["--size", "2k", "--leaves", "6", "--rounds", "2"])
-    assert set(finals) == {"per-leaf", "flat", "flat-sliced"}
+    assert set(finals) == {"per-leaf", "stacked-mv", "flat", "flat-sliced"}
     for name, got in finals.items():
         np.testing.assert_allclose(got, finals["per-leaf"], rtol=1e-6, err_msg=name)
     assert not np.allclose(finals["per-leaf"], 1.0)  # the steps moved the parameters
     table = capsys.readouterr().out
-    assert table.count("| 6 |") == 3 and "fusion" in table
+    assert table.count("| 6 |") == 4 and "fusion" in table
 
 
 @pytest.mark.parametrize("contender", ["jaxupdate", "optax", "xla-floor"])
@@ -208,3 +208,18 @@ def test_gpu_preset_settings_and_refusal_without_cuda():
         pytest.skip("this machine has a CUDA GPU: the refusal does not apply")
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         main(["--preset", "gpu", "--quiet"])
+
+
+def test_first_call_split_and_persistent_cache(capsys):
+    """benchmarks/first_call.py: trace / lower / compile per contender, and a restarted run's
+    first call with jax's persistent compilation cache (no compile, a cache load)."""
+    from benchmarks.first_call import main
+
+    assert main(["--leaves", "6", "--size", "6k", "--contenders", "jaxupdate", "xla-floor",
+                 "--cache"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln.split("|")[1:-1] for ln in out.splitlines() if ln.startswith("| 6 |")]
+    assert [r[1].strip() for r in rows[:2]] == ["jaxupdate", "xla-floor"]
+    assert all(float(x) > 0 for r in rows[:2] for x in r[2:])
+    cold, warm = (float(x) for x in rows[2][1:])
+    assert 0 < warm < cold  # the second process loads the executable instead of compiling

@@ -178,13 +178,11 @@ class SelfSetting(Schedule):
 
     torch's ``get_lr`` of LambdaLR, CosineAnnealingWarmRestarts, CyclicLR and OneCycleLR
     ignores the group's current lr, so the closed form, the constructor's initial step, each
-    chainable step and SequentialLR's restart (``_update_lr(0)``) are all ``_value``.
+    chainable step and SequentialLR's restart (``_update_lr(0)``) are all ``_value``, which
+    each subclass defines.
     """
 
     absolute = True
-
-    def _value(self, t):
-        raise NotImplementedError
 
     def _closed(self, t):
         return self._value(t)
