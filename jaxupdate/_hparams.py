@@ -56,7 +56,8 @@ def normalize(h, name: str):
         if size != 1:
             raise ValueError(f"Tensor {name} must be 1-element")
         if type(h).__module__.startswith("torch"):
-            h = h.detach().cpu().numpy()
+            # a copy: torch's schedulers fill a tensor lr in place
+            h = h.detach().cpu().numpy().copy()
         return jnp.reshape(jnp.asarray(h), ())
     raise TypeError(
         f"{name} must be a float, a 1-element array or a schedule (a function of the "

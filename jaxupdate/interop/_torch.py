@@ -22,13 +22,18 @@ def is_tensor(x) -> bool:
 
 
 def to_numpy(x) -> np.ndarray:
-    """A torch tensor, jax or numpy array as a numpy array (bfloat16 stays bfloat16)."""
+    """A torch tensor, jax or numpy array as a numpy array of its own (bfloat16 stays bfloat16).
+
+    Always a copy: ``tensor.numpy()`` shares the tensor's memory, and ``jnp.asarray`` of it
+    can be zero-copy on CPU, so a JAX array built from it would change whenever torch updates
+    the tensor in place (``optimizer.step()``, a scheduler filling a tensor lr).
+    """
     if is_tensor(x):
         t = x.detach().cpu()
         if t.dtype == torch().bfloat16:
-            return np.asarray(jnp.asarray(t.float().numpy(), jnp.bfloat16))
-        return t.numpy()
-    return np.asarray(x)
+            return np.array(jnp.asarray(t.float().numpy(), jnp.bfloat16))
+        return np.array(t.numpy(), copy=True)
+    return np.array(x, copy=True)
 
 
 def to_tensor(x, dtype=None):

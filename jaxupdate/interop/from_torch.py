@@ -56,6 +56,7 @@ scheduler's position (ReduceLROnPlateau's included) into the live torch objects.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import warnings
@@ -334,7 +335,9 @@ def from_torch(
     ):
         raise ValueError(f"Expected positive integer steps_per_epoch, but got {steps_per_epoch}")
     every = steps_per_epoch or 1
-    sd = optimizer.state_dict()
+    # a snapshot: state_dict() holds torch's live state tensors, which every later
+    # optimizer.step() updates in place; init must load the state as it is now
+    sd = copy.deepcopy(optimizer.state_dict())
     # keys torch's schedulers add to the groups (not optimizer hyperparameters)
     sd = {**sd, "param_groups": [
         {k: v for k, v in g.items() if k not in _SCHEDULER_KEYS} for g in sd["param_groups"]

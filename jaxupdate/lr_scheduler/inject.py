@@ -292,7 +292,8 @@ def _like(value, old, name):
             raise ValueError(f"{name} holds {len(old)} values, got {value!r}")
         return tuple(_like(v, o, f"{name}[{i}]") for i, (v, o) in enumerate(zip(value, old)))
     if type(value).__module__.startswith("torch"):
-        value = value.detach().cpu().numpy()
+        # a copy: the numpy view shares the tensor's memory, which torch updates in place
+        value = value.detach().cpu().numpy().copy()
     # same dtype and shape as before, so jitted functions taking the state do not retrace
     return jnp.reshape(jnp.asarray(value, old.dtype), old.shape)
 
