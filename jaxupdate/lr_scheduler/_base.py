@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxupdate._hparams import is_number, is_schedule, normalize, scalar_dtype
@@ -64,6 +65,62 @@ def unfused(x):
     """
     x = jnp.asarray(x)
     return jnp.where(jnp.abs(x) > jnp.finfo(x.dtype).max / 2, x * 2.0, x)
+
+
+class HostFunction:
+    """A user's Python function of the step count (``lr_lambda``, ``scale_fn``), jittable.
+
+    torch calls ``lr_lambda(last_epoch)`` with a Python int, and real recipes rely on it:
+    Hugging Face's ``get_linear_schedule_with_warmup`` / ``get_cosine_schedule_with_warmup``
+    are ``LambdaLR``\\ s whose lambdas use ``if``, ``max``, ``float`` and ``math.cos``, which
+    fail on a traced count (``TracerBoolConversionError``). A function that traces (written
+    with ``jax.numpy``, or plain arithmetic such as ``0.95 ** e``) is called on the traced
+    count as it is; one that does not is evaluated on the host with a Python int, through
+    ``jax.pure_callback``, so it works under ``jit`` / ``vmap`` at any count (no horizon) and
+    returns the Python float torch would use (cast to the schedule dtype). One that works in
+    neither way is refused here, at construction, with a message saying how to write it.
+
+    The probe calls ``fn`` once on an abstract count and, if that fails, once with ``probe``
+    (torch's constructor calls ``lr_lambda(0)`` too; CyclicLR's cycle count starts at 1).
+    """
+
+    def __init__(self, fn: Callable, name: str, probe: int = 0):
+        self.fn, self.name = fn, name
+        count = jax.ShapeDtypeStruct((), as_count(0).dtype)
+        try:
+            leaves = jax.tree.leaves(jax.eval_shape(fn, count))
+            traced = len(leaves) == 1 and getattr(leaves[0], "shape", ()) == ()
+        except Exception:  # noqa: BLE001 - any failure on a tracer: try the host path
+            traced = False
+        self.on_host = not traced
+        if self.on_host:
+            try:
+                float(fn(probe))
+            except Exception as e:  # noqa: BLE001 - reported with how to write it
+                raise ValueError(
+                    f"{name} {fn!r} cannot be evaluated: on a traced count it fails, and called "
+                    f"with the Python int {probe} (as torch does) it raised "
+                    f"{type(e).__name__}: {e}. "
+                    f"Write {name} as a function of an integer step count returning a number, "
+                    "either in plain Python (if/max/math.cos are fine: it runs on the host) "
+                    "or with jax.numpy (jnp.where instead of if) to run inside the compiled step"
+                ) from e
+
+    def _host(self, t):
+        return np.asarray(float(self.fn(int(t))), scalar_dtype())
+
+    def __call__(self, t):
+        if not self.on_host:
+            return self.fn(t)
+        return jax.pure_callback(
+            self._host,
+            jax.ShapeDtypeStruct((), scalar_dtype()),
+            jnp.asarray(t),
+            vmap_method="sequential",
+        )
+
+    def __repr__(self):
+        return repr(self.fn)
 
 
 def check_base_lr(lr):

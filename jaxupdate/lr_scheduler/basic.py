@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from jaxupdate._hparams import is_number
 from jaxupdate.lr_scheduler._base import (
+    HostFunction,
     Schedule,
     SelfSetting,
     as_count,
@@ -56,10 +57,12 @@ class LambdaLR(SelfSetting):
         if not callable(self.lr_lambda):
             # torch calls it in the constructor's initial step
             raise TypeError(f"'{type(self.lr_lambda).__name__}' object is not callable")
+        self._fn = HostFunction(self.lr_lambda, "lr_lambda")
         self._repr_args = {"lr": lr, "lr_lambda": lr_lambda}
 
     def _value(self, t):
-        return self.lr * self.lr_lambda(t)
+        # torch: base_lr * lmbda(last_epoch), one product of two Python floats
+        return self.lr * self._fn(t)
 
 
 def lambda_lr(lr, lr_lambda: Callable) -> Schedule:
@@ -70,10 +73,15 @@ def lambda_lr(lr, lr_lambda: Callable) -> Schedule:
 
     Args:
       lr: the optimizer's initial learning rate (torch's ``optimizer`` argument).
-      lr_lambda: a function of the step count returning a factor; it receives an integer array,
-        so it must be written with ``jax.numpy`` operations (``lambda e: 0.95 ** e`` and
-        ``lambda e: e // 30`` work as they are; use ``jnp.where`` instead of ``if``). A list or
-        tuple of one function is accepted, as torch's one-per-group form.
+      lr_lambda: a function of the step count returning a factor. Written with arithmetic or
+        ``jax.numpy`` (``lambda e: 0.95 ** e``, ``jnp.where(e < 10, ...)``) it runs inside
+        the compiled step; plain Python that needs an int (``if``, ``max``, ``float``,
+        ``math.cos``: Hugging Face's ``get_linear_schedule_with_warmup`` and
+        ``get_cosine_schedule_with_warmup`` lambdas) runs on the host with a Python int, as
+        in torch, under ``jit`` too (``jax.pure_callback``, one call per evaluation; see
+        :class:`jaxupdate.lr_scheduler._base.HostFunction`). A function that works in
+        neither way is refused here. A list or tuple of one function is accepted, as
+        torch's one-per-group form.
 
     Example::
 
@@ -97,14 +105,15 @@ class MultiplicativeLR(Schedule):
             raise TypeError(
                 f"lr_lambda should be a function, but got {type(self.lr_lambda).__name__}"
             )
+        self._fn = HostFunction(self.lr_lambda, "lr_lambda")
         self._repr_args = {"lr": lr, "lr_lambda": lr_lambda}
 
     def _next(self, lr, t):
-        return lr * self.lr_lambda(t)
+        return lr * self._fn(t)
 
     def _restart(self, lr):
         # no closed form in torch: get_lr at last_epoch 0 multiplies the current lr
-        return lr * self.lr_lambda(as_count(0))
+        return lr * self._fn(as_count(0))
 
     def _segment(self, t):
         return None
@@ -121,8 +130,9 @@ def multiplicative_lr(lr, lr_lambda: Callable) -> Schedule:
 
     Args:
       lr: the optimizer's initial learning rate.
-      lr_lambda: a function of the step count (an integer array, use ``jax.numpy``) returning
-        the factor; a list or tuple of one function is accepted.
+      lr_lambda: a function of the step count returning the factor, in ``jax.numpy`` or in
+        plain Python (run on the host, as for :func:`lambda_lr`); a list or tuple of one
+        function is accepted.
 
     Example::
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxupdate.lr_scheduler._base import (
     FunctionSchedule,
+    HostFunction,
     Schedule,
     SelfSetting,
     as_count,
@@ -46,7 +47,11 @@ class CyclicLR(SelfSetting):
         if mode not in ["triangular", "triangular2", "exp_range"] and scale_fn is None:
             raise ValueError("mode is invalid and scale_fn is None")
         self.mode, self.gamma = mode, gamma
-        self._scale_fn = scale_fn
+        # a user's scale_fn may be plain Python (if, math): evaluated on the host if need be
+        probe = 1 if scale_mode == "cycle" else 0  # torch's first cycle is 1
+        self._scale_fn = None
+        if scale_fn is not None:
+            self._scale_fn = HostFunction(scale_fn, "scale_fn", probe)
         self.scale_mode = scale_mode
         if scale_fn is None:
             if mode == "triangular":
