@@ -29,9 +29,18 @@ which override the keyword ``defaults`` (torch's rule). A selector is one of:
   ``value``; ``labels`` is a pytree of labels shaped like the parameters (or a prefix), or a
   function ``params -> labels`` as in ``optax.partition``.
 
+Two predicates for torch recipes: :func:`by_name` calls a function of torch's dotted
+parameter name (``"encoder.LayerNorm.weight"`` for the path ``encoder/LayerNorm/weight``),
+so Hugging Face's ``any(nd in name for nd in ["bias", "LayerNorm.weight"])`` works as
+written; :func:`of_type` selects the parameters of modules of given types (torchvision's
+``split_normalization_params``: norms without weight decay) in a torch or flax ``nnx``
+model, or the ``nnx`` variables of given types.
+
 Leaves that no group selects are not optimized: their update is zero and they keep no state
-(torch leaves alone the tensors it was not given). A leaf selected by two groups raises
-torch's ``ValueError: some parameters appear in more than one parameter group``.
+(torch leaves alone the tensors it was not given). A group that selects nothing is most
+often a selector that missed (a name written for another naming scheme): ``init`` warns.
+A leaf selected by two groups raises torch's ``ValueError: some parameters appear in more
+than one parameter group``.
 
 Each group runs its own instance of the optimizer on the list of its leaves (in
 ``jax.tree.leaves`` order: torch's parameter order inside the group), so its state is the
@@ -43,6 +52,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
+import warnings
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -175,6 +186,135 @@ def _selected(group: Group, index: int, paths, leaves, tree, labels_cache) -> li
                 "use a regex, a predicate, or 'label' with labels= for other selections"
             )
     return [bool(m) for m in mask]
+
+
+def torch_name(path: str) -> str:
+    """A leaf path (``"encoder/LayerNorm/weight"``) as torch's dotted parameter name."""
+    return path.replace("/", ".")
+
+
+def by_name(fn: Callable[[str], bool]) -> Callable[[str], bool]:
+    """A selector calling ``fn`` with torch's dotted name of each leaf.
+
+    torch recipes select by ``model.named_parameters()`` names, which are dotted
+    (``"encoder.LayerNorm.weight"``); jaxupdate paths join keys with ``"/"``. Hugging Face's
+    weight-decay groups then read as they do in torch::
+
+        no_decay = ["bias", "LayerNorm.weight"]
+        tx = ju.param_groups(ju.adamw, [
+            {"params": by_name(lambda n: not any(nd in n for nd in no_decay)),
+             "weight_decay": 0.01},
+            {"params": by_name(lambda n: any(nd in n for nd in no_decay)),
+             "weight_decay": 0.0}], lr=5e-5)
+
+    Example::
+
+        >>> sel = by_name(lambda n: "LayerNorm.weight" in n)
+        >>> sel("encoder/LayerNorm/weight"), sel("encoder/dense/weight")
+        (True, False)
+    """
+
+    def select(path: str) -> bool:
+        return bool(fn(torch_name(path)))
+
+    select.__qualname__ = f"by_name({getattr(fn, '__qualname__', fn)!s})"
+    return select
+
+
+def _typed_names(source, types: tuple) -> set:
+    """Dotted names of the parameters ``of_type`` selects in ``source``."""
+    torch = sys.modules.get("torch")  # a torch model means torch is imported already
+    if torch is not None and isinstance(source, torch.nn.Module):
+        return {
+            f"{prefix}.{name}" if prefix else name
+            for prefix, module in source.named_modules()
+            if isinstance(module, types)
+            for name, _ in module.named_parameters(recurse=False)
+        }
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover - flax is optional
+        nnx = None
+    if nnx is None:
+        raise TypeError("of_type needs a torch nn.Module, or a flax nnx Module or State")
+    var_types = tuple(t for t in types if isinstance(t, type) and issubclass(t, nnx.Variable))
+    mod_types = tuple(t for t in types if t not in var_types)
+    out = set()
+    if isinstance(source, nnx.Module):
+        nodes = dict(nnx.iter_graph(source))
+        for path, node in nodes.items():
+            if not isinstance(node, nnx.Variable):
+                continue
+            parent = nodes.get(path[:-1])
+            if (var_types and isinstance(node, var_types)) or (
+                mod_types and isinstance(parent, mod_types)
+            ):
+                out.add(".".join(str(k) for k in path))
+        return out
+    if mod_types:
+        raise TypeError(
+            "of_type with module types needs the model (a torch nn.Module or a flax nnx "
+            f"Module), got {type(source).__name__}"
+        )
+    flat, _ = jax.tree_util.tree_flatten_with_path(
+        source, is_leaf=lambda x: isinstance(x, nnx.Variable)
+    )
+    return {torch_name(path_str(p)) for p, v in flat if isinstance(v, var_types)}
+
+
+def of_type(source, *types) -> Callable[[str], bool]:
+    """A selector of the parameters of modules of ``types`` (or of variables of ``types``).
+
+    ``source`` is the model the parameters come from:
+
+    * a torch ``nn.Module`` (parameters from
+      :func:`jaxupdate.interop.weights.weights_from_torch`, flat or nested): the parameters
+      a module of one of ``types`` holds directly, as torchvision's
+      ``split_normalization_params(model, norm_classes)`` puts norms apart;
+    * a flax ``nnx.Module`` (parameters ``nnx.state(model, nnx.Param)``): the variables held
+      directly by modules of ``types`` (``nnx.LayerNorm``, ``nnx.BatchNorm``), and the
+      variables that are instances of ``types`` given as ``nnx.Variable`` subclasses (a
+      ``class NoDecay(nnx.Param)`` marking the parameters to leave alone);
+    * an ``nnx.State``: variable types only.
+
+    Example::
+
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+        >>> sel = of_type(net, torch.nn.LayerNorm)
+        >>> [sel(p) for p in ("0/weight", "1/weight", "1.bias")]
+        [False, True, True]
+    """
+    if not types:
+        raise TypeError("of_type needs at least one module or variable type")
+    names = _typed_names(source, tuple(types))
+
+    def select(path: str) -> bool:
+        return torch_name(path) in names
+
+    select.__qualname__ = f"of_type({', '.join(t.__name__ for t in types)})"
+    return select
+
+
+def _warn_empty(desc: GroupsDescription, paths: list, members: list) -> None:
+    """Warns about groups that select nothing (the leaves meant for them are not trained)."""
+    if desc.whole:
+        return
+    taken = {i for m in members for i in m}
+    for g, (group, idx) in enumerate(zip(desc.groups, members)):
+        if idx or group.selector is None:
+            continue
+        sel = group.selector
+        shown = getattr(sel, "__qualname__", None) if callable(sel) else None
+        shown = shown or repr(sel)[:80]
+        free = [p for i, p in enumerate(paths) if i not in taken]
+        warnings.warn(
+            f"param group {g} ({'label' if group.by_label else 'params'} {shown}) selects no "
+            f"parameter; {len(free)} leaves are in no group and will not be trained "
+            f"(e.g. {free[:3]}). Paths join keys with '/' ('encoder/LayerNorm/weight'): "
+            "for torch's dotted names use jaxupdate.param_groups.by_name",
+            stacklevel=3,
+        )
 
 
 def assign(desc: GroupsDescription, tree) -> tuple[list[str], list, Any, list[list[int]]]:
@@ -312,7 +452,8 @@ def param_groups(
     def init_fn(params):
         if desc.whole:
             return ParamGroupsState((txs[0].init(params),))
-        _, leaves, _, members = assign(desc, params)
+        paths, leaves, _, members = assign(desc, params)
+        _warn_empty(desc, paths, members)
         return ParamGroupsState(
             tuple(tx.init([leaves[i] for i in idx]) for tx, idx in zip(txs, members))
         )
@@ -370,8 +511,11 @@ __all__ = [
     "GroupsDescription",
     "ParamGroupsState",
     "assign",
+    "by_name",
     "describe_groups",
     "leaf_paths",
+    "of_type",
     "param_groups",
     "path_str",
+    "torch_name",
 ]

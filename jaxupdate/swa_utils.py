@@ -5,6 +5,8 @@
 - :func:`get_swa_avg_fn`, :func:`get_ema_avg_fn` (one leaf at a time) and
   :func:`get_swa_multi_avg_fn`, :func:`get_ema_multi_avg_fn` (a list of leaves of one dtype),
   with torch's formulas; the multi-leaf forms return the new list instead of writing in place.
+- :func:`reset_n_averaged`: torch's ``averaged.n_averaged.fill_(0)`` (torchvision's EMA
+  warm-up: the next update copies the model again).
 - :func:`swa_lr`: torch's ``SWALR`` as a schedule ``count -> lr``.
 - :func:`update_bn`: torch's ``update_bn`` for ``flax.nnx`` models: recomputes every
   ``nnx.BatchNorm``'s running statistics over a loader, as torch's cumulative average.
@@ -38,6 +40,7 @@ __all__ = [
     "get_ema_multi_avg_fn",
     "get_swa_avg_fn",
     "get_swa_multi_avg_fn",
+    "reset_n_averaged",
     "swa_lr",
     "update_bn",
 ]
@@ -355,6 +358,41 @@ def averaged_model(
         return AveragedModelState(new_params, new_buffers, n + 1)
 
     return AveragedModel(init_fn, update_fn)
+
+
+def reset_n_averaged(state: AveragedModelState, n_averaged=0) -> AveragedModelState:
+    """``state`` with ``n_averaged`` set: torch's ``averaged.n_averaged.fill_(n_averaged)``.
+
+    torchvision's classification reference resets its EMA during the lr warm-up, so that
+    the averaged model keeps copying the weights until warm-up ends::
+
+        if model_ema and i % args.model_ema_steps == 0:
+            model_ema.update_parameters(model)
+            if epoch < args.lr_warmup_epochs:
+                model_ema.n_averaged.fill_(0)
+
+    which here is ``ema_state = reset_n_averaged(ema.update(ema_state, params))``. The dtype
+    (torch's long) is kept, so a jitted step taking the state does not retrace;
+    ``n_averaged`` may be traced (``jnp.where(epoch < warmup, 0, state.n_averaged)``).
+
+    Example::
+
+        >>> import jax.numpy as jnp, jaxupdate as ju
+        >>> ema = ju.swa_utils.averaged_model(
+        ...     multi_avg_fn=ju.swa_utils.get_ema_multi_avg_fn(0.9))
+        >>> s = ema.update(ema.init({"w": jnp.zeros(2)}), {"w": jnp.ones(2)})
+        >>> s = ju.swa_utils.reset_n_averaged(s)
+        >>> s = ema.update(s, {"w": jnp.full(2, 5.0)})          # copies again
+        >>> float(s.params["w"][0]), int(s.n_averaged)
+        (5.0, 1)
+    """
+    if not isinstance(state, AveragedModelState):
+        raise TypeError(
+            f"reset_n_averaged takes an AveragedModelState (averaged_model().init(...)), got "
+            f"{type(state).__name__}"
+        )
+    n = state.n_averaged
+    return state._replace(n_averaged=jnp.reshape(jnp.asarray(n_averaged, n.dtype), n.shape))
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ torch is imported only when one of these functions runs; jaxupdate itself never 
 * :func:`from_torch`: the jaxupdate transformation of a live torch optimizer (param groups,
   state) and scheduler (position included).
 * :func:`to_torch`: the converse, a jaxupdate run (state, parameters, scheduler position)
-  continued in a live torch optimizer and scheduler.
+  continued in a live torch optimizer and scheduler; :func:`current_lr` reads a run's
+  per-group lr (torch's ``scheduler.get_last_lr()``).
 * :mod:`jaxupdate.interop.weights`: a torch module's parameters <-> pytrees in torch's order
   and names, and <-> flax ``nnx`` models (transposed ``Linear`` kernels, ``Conv`` layouts);
   ``.pt`` files through ``torch.load(weights_only=True)`` and safetensors files.
@@ -25,11 +26,12 @@ from jaxupdate.interop.state_dict import (
     optimizer_fn_for,
     torch_state_dict,
 )
-from jaxupdate.interop.to_torch import to_torch
+from jaxupdate.interop.to_torch import current_lr, to_torch
 
 __all__ = [
     "TORCH_OPTIMIZERS",
     "TorchOptimizer",
+    "current_lr",
     "from_torch",
     "load_into_torch",
     "load_torch_state_dict",

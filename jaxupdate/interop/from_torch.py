@@ -17,8 +17,11 @@ state) and maybe a scheduler (its arguments and its position, ``last_epoch``).
 
 The parameters are a pytree whose leaves, in ``jax.tree.leaves`` order, are the optimizer's
 parameters in param-group order (a list as above, or an ``OrderedDict`` from
-:func:`jaxupdate.interop.weights.weights_from_torch` when the optimizer got
-``model.parameters()``; for a flax nnx model give ``load_torch_state_dict`` a ``param_map``).
+:func:`jaxupdate.interop.weights.weights_from_torch` with ``optimizer=opt``, which orders a
+module's parameters as the optimizer does: recipes such as timm's put biases and norms in a
+first group, so the model's order is not the optimizer's; for a flax nnx model give
+``load_torch_state_dict`` a ``param_map``). ``init`` checks every leaf's shape against the
+torch parameter at its place and names the first that differs.
 
 What carries over:
 
@@ -44,8 +47,11 @@ The scheduler contract is torch's usual loop: ``scheduler.step()`` once after ev
 optimizer steps) is ``from_torch(opt, sched, steps_per_epoch=len(loader))``, which wraps every
 schedule in :func:`jaxupdate.lr_scheduler.per_epoch`; convert at an epoch boundary (after
 ``scheduler.step()``). ReduceLROnPlateau applies the metric at the update that receives
-``value=``: to step it once per epoch, hold its state aside and drive the lr with
-:func:`jaxupdate.lr_scheduler.set_hyperparams` (its ``init``/``step`` are pure functions).
+``value=``; a ReduceLROnPlateau stepped once per epoch (``scheduler.step(val_loss)`` after
+the epoch's updates) is ``from_torch(opt, sched, steps_per_epoch=len(loader))``, whose
+updates take no ``value=``: ``state = jaxupdate.lr_scheduler.step_plateau(tx, state,
+val_loss)`` steps it. :func:`jaxupdate.interop.current_lr` reads each group's lr (torch's
+``scheduler.get_last_lr()``) from any converted run.
 
 Limits: an lr set by hand in torch (``group["lr"] = x`` while a scheduler runs) is not seen
 (the schedule gives the scheduler's value; :func:`from_torch` warns when they differ).
@@ -93,7 +99,12 @@ from jaxupdate.lr_scheduler import (
     step_lr,
 )
 from jaxupdate.lr_scheduler._base import Schedule, as_count, as_float
-from jaxupdate.param_groups import ParamGroupsState, _constructor_only, param_groups
+from jaxupdate.param_groups import (
+    ParamGroupsState,
+    _constructor_only,
+    leaf_paths,
+    param_groups,
+)
 
 _TORCH_ONLY = ("params", "foreach", "fused", "capturable", "differentiable")
 _SCHEDULER_KEYS = ("initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum")
@@ -294,7 +305,11 @@ def from_torch(
         OneCycleLR with momentum cycling), stepped once after every ``optimizer.step()``.
       steps_per_epoch: the scheduler is stepped once per epoch, after this many optimizer
         steps (torch's ``scheduler.step()`` after the batch loop): every schedule is wrapped
-        in :func:`jaxupdate.lr_scheduler.per_epoch`. Not for ReduceLROnPlateau.
+        in :func:`jaxupdate.lr_scheduler.per_epoch`. With ReduceLROnPlateau (stepped with
+        the epoch's validation metric, which exists only after the epoch's last update):
+        updates leave the plateau alone and
+        ``state = jaxupdate.lr_scheduler.step_plateau(tx, state, val_loss)`` is torch's
+        ``scheduler.step(val_loss)``.
       load_state: ``tx.init(params)`` returns the torch optimizer's state as it is now
         (``optimizer.state_dict()`` loaded with
         :func:`jaxupdate.interop.load_torch_state_dict`); ``False``: a fresh state.
@@ -310,7 +325,9 @@ def from_torch(
 
     Raises:
       NotImplementedError: an optimizer or scheduler class jaxupdate does not have.
-      ValueError: the parameters given to ``init`` do not match the torch state.
+      ValueError: the parameters given to ``init`` are not the optimizer's parameters in
+        param-group order (a leaf's shape differs from the torch parameter's at its place),
+        or do not match the torch state.
 
     Example::
 
@@ -345,6 +362,7 @@ def from_torch(
     entries = _entries(optimizer, sd)
     groups = optimizer.param_groups
     sizes = [len(g["params"]) for g in groups]
+    check_order = _order_check(groups)
     kwargs = [_group_kwargs(fn, g) for g in groups]
     # torch reads these in its constructor only (Adagrad fills every group's sum with the
     # constructor's initial_accumulator_value, whatever the group says): param_groups builds
@@ -377,11 +395,6 @@ def from_torch(
                     kw["momentum"] = sched.momentum
 
     if plateau:
-        if steps_per_epoch is not None:
-            raise ValueError(
-                "steps_per_epoch with ReduceLROnPlateau: pass value=metric at every update, or "
-                "drive the plateau by hand (jaxupdate.lr_scheduler.set_hyperparams)"
-            )
         plain = _build(fn, kwargs, sizes, ctor)
         inj_kwargs = []
         for g, kw in enumerate(kwargs):
@@ -397,6 +410,8 @@ def from_torch(
                 cooldown=scheduler.cooldown,
                 min_lr=scheduler.min_lrs[g],
                 eps=scheduler.eps,
+                # per epoch: updates leave it alone, step_plateau steps it
+                on_update=steps_per_epoch is None,
             )
             inj_kwargs.append(kw)
         tx = _build(inject_hyperparams(fn), inj_kwargs, sizes, ctor)
@@ -408,6 +423,7 @@ def from_torch(
         )
 
         def init_fn(params):
+            check_order(params)
             state = tx.init(params)
             inner = plain.init(params)
             if load_state and sd["state"]:
@@ -429,14 +445,60 @@ def from_torch(
 
     tx = _build(fn, kwargs, sizes, ctor)
     if not load_state or not sd["state"]:
-        return tx  # torch keeps no state before the first step (Adagrad's is eager)
+        # torch keeps no state before the first step (Adagrad's is eager)
+        def fresh_init(params):
+            check_order(params)
+            return tx.init(params)
+
+        return optax.GradientTransformationExtraArgs(fresh_init, tx.update)
 
     def init_fn(params):
+        check_order(params)
         # the values are the state_dict's own (scheduled ones replaced by their schedules)
         return load_torch_state_dict(tx, sd, params, strict=False)
 
     out = optax.GradientTransformationExtraArgs(init_fn, tx.update)  # keeps tx's description
     return out
+
+
+def _order_check(groups: list):
+    """A check of ``init``'s leaves against the torch parameters' shapes, in group order.
+
+    Leaves in the model's order instead of the optimizer's (timm's and HF's recipes put
+    biases and norms in a group of their own, first) would otherwise train with the wrong
+    groups' hyperparameters, silently (fresh state) or with a shape error deep in the state
+    loading. Equal shapes in swapped places cannot be told apart: use
+    ``weights_from_torch(model, optimizer=opt)``, which orders by the optimizer.
+    """
+    want = [
+        (g, j, tuple(p.shape), bool(p.is_complex()))
+        for g, group in enumerate(groups)
+        for j, p in enumerate(group["params"])
+    ]
+    sizes = [len(group["params"]) for group in groups]
+
+    def check(params):
+        paths, leaves, _ = leaf_paths(params)
+        if len(leaves) != len(want):
+            raise ValueError(
+                f"the parameters have {len(leaves)} leaves, the torch optimizer {len(want)} "
+                f"parameters ({sizes} per group): give a pytree whose leaves are the "
+                "optimizer's parameters in param-group order"
+            )
+        for i, (path, x, (g, j, shape, cplx)) in enumerate(zip(paths, leaves, want)):
+            have = tuple(jnp.shape(x))
+            if have == shape or (cplx and have == shape + (2,)):  # complex as a real view
+                continue
+            raise ValueError(
+                f"leaf {i} ({path!r}) has shape {have}, but the torch optimizer's parameter "
+                f"{i} (param group {g}, parameter {j}) has shape {shape}: the leaves must be "
+                "the optimizer's parameters in param-group order, which is not the model's "
+                "when groups are built by a recipe (timm, Hugging Face put biases and norms "
+                "in their own group); build them with "
+                "jaxupdate.interop.weights_from_torch(model, optimizer=opt)"
+            )
+
+    return check
 
 
 def _check_lr(sched: Schedule, start: int, group: dict, g: int):

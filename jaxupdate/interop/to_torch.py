@@ -158,6 +158,43 @@ def _torch_epoch(spec, count: int) -> int:
     return count
 
 
+def current_lr(tx, opt_state) -> list[float]:
+    """The lr each param group's next update uses: torch's ``scheduler.get_last_lr()``.
+
+    For any run :func:`jaxupdate.interop.to_torch` takes (one from
+    :func:`jaxupdate.interop.from_torch`, ``ju.adam(lr=schedule)``,
+    ``inject_hyperparams(...)``, ``param_groups(...)``): a scheduled lr is the schedule at
+    the number of updates the group has taken (positioned after torch's steps for a
+    converted run), an injected one (ReduceLROnPlateau, a value set by hand) is the value
+    held in the state, a constant is itself. One float per group, read outside ``jit``.
+
+    Example::
+
+        >>> import jax.numpy as jnp, jaxupdate as ju
+        >>> from jaxupdate.interop import current_lr
+        >>> from jaxupdate.lr_scheduler import step_lr
+        >>> tx = ju.sgd(lr=step_lr(0.1, step_size=2, gamma=0.5), momentum=0.9)
+        >>> params = {"w": jnp.ones(2)}
+        >>> state = tx.init(params)
+        >>> for _ in range(2):
+        ...     _, state = tx.update({"w": jnp.ones(2)}, state, params)
+        >>> [round(lr, 6) for lr in current_lr(tx, state)]     # after 2 updates: 0.1 * 0.5
+        [0.05]
+    """
+    _, _, groups = _view(tx, opt_state)
+    out = []
+    for g, group in enumerate(groups):
+        lr = group.kwargs.get("lr")
+        if not group.injected and isinstance(lr, Schedule):
+            lr = lr(group.count)
+        elif not group.injected and callable(lr) and not hasattr(lr, "shape"):
+            lr = lr(group.count)  # a plain function of the count, as the optimizers take it
+        if lr is None or isinstance(lr, ReduceLROnPlateau):
+            raise ValueError(f"param group {g} holds no lr value")
+        out.append(float(np.asarray(lr).reshape(())))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # the torch side
 
@@ -615,4 +652,4 @@ def _param_copies(layout, t_groups) -> list[tuple[Any, Any]]:
     return out
 
 
-__all__ = ["to_torch"]
+__all__ = ["current_lr", "to_torch"]

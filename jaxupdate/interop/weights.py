@@ -78,12 +78,28 @@ def _flatten(tree) -> "OrderedDict[str, object]":
     return OrderedDict((path_str(p).replace("/", "."), x) for p, x in with_path)
 
 
+def _optimizer_order(module, optimizer) -> list:
+    """``(name, parameter)`` of ``module`` in ``optimizer``'s param-group order."""
+    name_of = {id(p): n for n, p in module.named_parameters()}
+    out = []
+    for g, group in enumerate(optimizer.param_groups):
+        for j, p in enumerate(group["params"]):
+            if id(p) not in name_of:
+                raise ValueError(
+                    f"parameter {j} of param group {g} of the optimizer (shape "
+                    f"{tuple(p.shape)}) is not a parameter of the module"
+                )
+            out.append((name_of[id(p)], p))
+    return out
+
+
 def weights_from_torch(
     source,
     *,
     buffers: bool = False,
     nested: bool = False,
     dtype=None,
+    optimizer=None,
 ) -> OrderedDict:
     """A torch module's parameters (or a state dict's tensors) as an ordered pytree.
 
@@ -94,9 +110,16 @@ def weights_from_torch(
         ``state_dict()`` order; by default only ``named_parameters()``.
       nested: nested ``OrderedDict``\\ s per module instead of flat dotted names.
       dtype: cast every floating array to this dtype (default: keep torch's dtypes).
+      optimizer: a torch optimizer of the module's parameters: the parameters come in the
+        optimizer's order (param group after param group, as ``optimizer.state_dict()``
+        numbers them), the order :func:`jaxupdate.interop.from_torch` and
+        :func:`jaxupdate.interop.load_torch_state_dict` expect. Recipes that build groups
+        (timm's ``param_groups_weight_decay`` puts biases and norms first) differ from the
+        module's order. Only the optimizer's parameters are returned; flat names only.
 
     Returns:
       ``OrderedDict`` name -> ``jax.Array`` in torch's order (see the module docstring).
+      Every array is a copy: torch's later in-place updates do not reach it.
 
     Example::
 
@@ -108,9 +131,21 @@ def weights_from_torch(
         (['0.weight', '0.bias', '2.weight', '2.bias'], (2, 3))
         >>> import jax; [x.shape for x in jax.tree.leaves(w)]     # torch's order, not sorted
         [(2, 3), (2,), (1, 2), (1,)]
+        >>> opt = torch.optim.AdamW([{"params": [net[0].bias, net[2].bias], "weight_decay": 0},
+        ...                          {"params": [net[0].weight, net[2].weight]}])
+        >>> list(weights_from_torch(net, optimizer=opt))          # the optimizer's order
+        ['0.bias', '2.bias', '0.weight', '2.weight']
     """
     torch = T.torch()
-    if isinstance(source, torch.nn.Module):
+    if optimizer is not None:
+        if not isinstance(source, torch.nn.Module) or buffers or nested:
+            raise ValueError(
+                "optimizer= orders a module's parameters as the optimizer does: give an "
+                "nn.Module, without buffers= or nested= (the optimizer holds no buffers, and "
+                "nesting would regroup the names by module)"
+            )
+        items = _optimizer_order(source, optimizer)
+    elif isinstance(source, torch.nn.Module):
         items = source.state_dict().items() if buffers else source.named_parameters()
     elif isinstance(source, Mapping):
         items = source.items()

@@ -20,7 +20,10 @@ other float hyperparameter: ``momentum=sched.momentum``, ``betas=(sched.momentum
 
 Schedulers torch steps once per epoch: :func:`per_epoch`. Hyperparameters held in the
 optimizer state, set by hand without recompiling, and ReduceLROnPlateau driven by
-``update(..., value=metric)``: :func:`inject_hyperparams`, :func:`set_hyperparams`.
+``update(..., value=metric)``: :func:`inject_hyperparams`, :func:`set_hyperparams`;
+ReduceLROnPlateau stepped once per epoch: ``reduce_lr_on_plateau(..., on_update=False)`` and
+:func:`step_plateau`. Python ``lr_lambda`` functions (Hugging Face's warm-up schedules) work
+under ``jit``: see :func:`lambda_lr`.
 """
 
 from jaxupdate.lr_scheduler._base import Schedule, per_epoch
@@ -42,6 +45,7 @@ from jaxupdate.lr_scheduler.inject import (
     get_hyperparams,
     inject_hyperparams,
     set_hyperparams,
+    step_plateau,
 )
 from jaxupdate.lr_scheduler.plateau import PlateauState, ReduceLROnPlateau, reduce_lr_on_plateau
 
@@ -68,5 +72,6 @@ __all__ = [
     "reduce_lr_on_plateau",
     "sequential_lr",
     "set_hyperparams",
+    "step_plateau",
     "step_lr",
 ]

@@ -96,6 +96,8 @@ def _leaf_next(spec, value, state, *, name, count, extra_args):
     if kind == "function":
         return _scalar(spec(count), name), None
     if kind == "plateau":
+        if not spec.on_update:  # stepped once per epoch by step_plateau
+            return value, state
         if extra_args.get("value") is None:
             raise ValueError(
                 f"{name} is reduce_lr_on_plateau: pass the metric, "
@@ -377,3 +379,56 @@ def get_hyperparams(opt_state) -> dict:
             "jaxupdate.lr_scheduler.inject_hyperparams(ju.<optimizer>)(...)"
         )
     return dict(states[0].hyperparams)
+
+
+def step_plateau(tx, opt_state, metric):
+    """torch's ``scheduler.step(metric)`` of a ReduceLROnPlateau held in ``opt_state``.
+
+    For an optimizer built with :func:`inject_hyperparams` (alone or in
+    :func:`jaxupdate.param_groups.param_groups`, e.g. by
+    ``jaxupdate.interop.from_torch(opt, plateau, steps_per_epoch=n)``) whose lr is a
+    ``reduce_lr_on_plateau(..., on_update=False)``: every group's plateau takes ``metric``
+    and the lr the next update uses becomes the plateau's, as after torch's
+    ``scheduler.step(val_loss)`` at the end of an epoch. Pure and jittable (``tx`` static).
+
+    Example::
+
+        >>> import jax.numpy as jnp, jaxupdate as ju
+        >>> from jaxupdate.lr_scheduler import (get_hyperparams, inject_hyperparams,
+        ...                                     reduce_lr_on_plateau, step_plateau)
+        >>> tx = inject_hyperparams(ju.sgd)(
+        ...     lr=reduce_lr_on_plateau(0.1, patience=0, on_update=False))
+        >>> state = tx.init({"w": jnp.ones(2)})
+        >>> for val_loss in (1.0, 1.0):                        # no improvement: lr * 0.1
+        ...     state = step_plateau(tx, state, val_loss)
+        >>> round(float(get_hyperparams(state)["lr"]), 6)
+        0.01
+    """
+    desc = description(tx)
+    if isinstance(desc, GroupsDescription) and isinstance(opt_state, ParamGroupsState):
+        pairs = [(g.kwargs, s) for g, s in zip(desc.groups, opt_state.groups)]
+    elif isinstance(desc, Description):
+        pairs = [(desc.kwargs, opt_state)]
+    else:
+        pairs = []
+    found = []
+    out = []
+    for kwargs, st in pairs:
+        if _is_inject_state(st):
+            hp, hs = dict(st.hyperparams), dict(st.hyperparams_states)
+            for name, spec in kwargs.items():
+                if isinstance(spec, ReduceLROnPlateau) and name in hs:
+                    ps = spec.step(hs[name]._replace(lr=hp[name]), metric)
+                    hp[name], hs[name] = ps.lr, ps
+                    found.append(name)
+            st = st._replace(hyperparams=hp, hyperparams_states=hs)
+        out.append(st)
+    if not found:
+        raise ValueError(
+            "step_plateau: no reduce_lr_on_plateau in this transformation's groups; build it "
+            "with inject_hyperparams(ju.<optimizer>)(lr=reduce_lr_on_plateau(...)) (alone or "
+            "in param_groups), or with from_torch(opt, plateau, steps_per_epoch=n)"
+        )
+    if isinstance(desc, GroupsDescription):
+        return ParamGroupsState(tuple(out))
+    return out[0]

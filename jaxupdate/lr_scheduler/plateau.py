@@ -29,8 +29,11 @@ class ReduceLROnPlateau:
     momentum = None
 
     def __init__(
-        self, lr, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps
+        self, lr, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps,
+        on_update=True,
     ):
+        #: False: ``tx.update`` leaves the plateau alone; :func:`step_plateau` steps it
+        self.on_update = bool(on_update)
         if factor >= 1.0:
             raise ValueError("Factor should be < 1.0.")
         if isinstance(lr, Schedule):
@@ -60,6 +63,8 @@ class ReduceLROnPlateau:
             "min_lr": min_lr,
             "eps": eps,
         }
+        if not self.on_update:
+            self._repr_args["on_update"] = False
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self._repr_args.items())
@@ -144,6 +149,8 @@ def reduce_lr_on_plateau(
     cooldown: int = 0,
     min_lr=0,
     eps: float = 1e-8,
+    *,
+    on_update: bool = True,
 ) -> ReduceLROnPlateau:
     r"""torch.optim.lr_scheduler.ReduceLROnPlateau as a pure state machine.
 
@@ -182,6 +189,19 @@ def reduce_lr_on_plateau(
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params, value=loss)
 
+    Per epoch inside an optimizer built with :func:`inject_hyperparams` (torch's usual loop:
+    the metric is a validation loss computed after the epoch's last update): build it with
+    ``on_update=False``, so that updates leave it alone, and step it with
+    :func:`jaxupdate.lr_scheduler.step_plateau` (also what
+    ``from_torch(opt, plateau, steps_per_epoch=n)`` returns)::
+
+        tx = inject_hyperparams(ju.sgd)(lr=reduce_lr_on_plateau(0.1, on_update=False))
+        for epoch in range(epochs):
+            for batch in loader:
+                updates, opt_state = tx.update(grads, opt_state, params)   # no value=
+                ...
+            opt_state = step_plateau(tx, opt_state, val_loss)    # scheduler.step(val_loss)
+
     torch's pattern of other schedulers stepped before the plateau on the same optimizer
     (``ExponentialLR(opt, 0.9)`` then ``ReduceLROnPlateau(opt)``) is a plateau built on
     that schedule: ``reduce_lr_on_plateau(exponential_lr(1e-3, gamma=0.9))``, which applies
@@ -190,7 +210,7 @@ def reduce_lr_on_plateau(
     Args (torch's, ``optimizer`` replaced by ``lr``): ``lr`` the optimizer's initial lr (or
     a schedule stepped before the plateau), ``mode="min"``, ``factor=0.1``, ``patience=10``,
     ``threshold=1e-4``, ``threshold_mode="rel"``, ``cooldown=0``, ``min_lr=0`` (a number or
-    a one-element list), ``eps=1e-8``.
+    a one-element list), ``eps=1e-8``; and jaxupdate's ``on_update=True`` (above).
 
     Example::
 
@@ -203,5 +223,6 @@ def reduce_lr_on_plateau(
         0.01
     """
     return ReduceLROnPlateau(
-        lr, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps
+        lr, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps,
+        on_update,
     )
