@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,3 +19,14 @@ def test_schedules_example_draws_png(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert out.stat().st_size > 10_000
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_torch_recipes_example_matches_torch():
+    # PYTHONPATH: the checkout's jaxupdate, whichever one is installed
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "torch_recipes.py")],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env=env,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "per-epoch ReduceLROnPlateau" in res.stdout

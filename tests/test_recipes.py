@@ -550,13 +550,38 @@ def test_per_epoch_plateau_from_torch(convert_epoch):
     assert worst <= TOL64
 
 
-def test_plateau_on_update_false_needs_step_plateau():
-    from jaxupdate.lr_scheduler import inject_hyperparams, reduce_lr_on_plateau
+def test_per_epoch_plateau_native():
+    """per_epoch(reduce_lr_on_plateau(...)) + step_plateau, side by side with torch."""
+    from jaxupdate.lr_scheduler import (
+        get_hyperparams,
+        inject_hyperparams,
+        per_epoch,
+        reduce_lr_on_plateau,
+    )
 
-    tx = inject_hyperparams(ju.sgd)(lr=reduce_lr_on_plateau(0.1, on_update=False))
-    params = {"w": jnp.ones(3)}
+    model = _mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.3, patience=0)
+    plateau = per_epoch(reduce_lr_on_plateau(0.01, mode="max", factor=0.3, patience=0), 3)
+    assert "per_epoch(" in repr(plateau)
+    tx = inject_hyperparams(ju.adam)(lr=plateau)
+    params = weights_from_torch(model)
     state = tx.init(params)
-    _, state = tx.update({"w": jnp.ones(3)}, state, params)  # no value= needed
+    rng = np.random.default_rng(0)
+    accuracy = [0.5, 0.6, 0.55, 0.7, 0.65, 0.6]
+    for acc in accuracy:
+        for _ in range(3):
+            g = _grads(model, rng)
+            _torch_step(model, opt, g)
+            u, state = tx.update(_like(params, g), state, params)  # no value= needed
+            params = ju.apply_updates(params, u)
+        sched.step(acc)
+        state = step_plateau(tx, state, acc)
+        assert float(get_hyperparams(state)["lr"]) == pytest.approx(sched.get_last_lr()[0],
+                                                                    rel=1e-15)
+    assert sched.get_last_lr()[0] < 0.01 * 0.3 * 0.3 * 1.0001
+    assert _rel(model, params) <= TOL64
+    params = {"w": jnp.ones(3)}
     with pytest.raises(ValueError, match="no reduce_lr_on_plateau"):
         step_plateau(ju.sgd(lr=0.1), ju.sgd(lr=0.1).init(params), 1.0)
 

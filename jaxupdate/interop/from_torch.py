@@ -410,9 +410,9 @@ def from_torch(
                 cooldown=scheduler.cooldown,
                 min_lr=scheduler.min_lrs[g],
                 eps=scheduler.eps,
-                # per epoch: updates leave it alone, step_plateau steps it
-                on_update=steps_per_epoch is None,
             )
+            if steps_per_epoch is not None:  # updates leave it alone, step_plateau steps it
+                kw["lr"] = per_epoch(kw["lr"], steps_per_epoch)
             inj_kwargs.append(kw)
         tx = _build(inject_hyperparams(fn), inj_kwargs, sizes, ctor)
         torch_pos = dict(

@@ -21,7 +21,7 @@ other float hyperparameter: ``momentum=sched.momentum``, ``betas=(sched.momentum
 Schedulers torch steps once per epoch: :func:`per_epoch`. Hyperparameters held in the
 optimizer state, set by hand without recompiling, and ReduceLROnPlateau driven by
 ``update(..., value=metric)``: :func:`inject_hyperparams`, :func:`set_hyperparams`;
-ReduceLROnPlateau stepped once per epoch: ``reduce_lr_on_plateau(..., on_update=False)`` and
+ReduceLROnPlateau stepped once per epoch: ``per_epoch(reduce_lr_on_plateau(...), n)`` and
 :func:`step_plateau`. Python ``lr_lambda`` functions (Hugging Face's warm-up schedules) work
 under ``jit``: see :func:`lambda_lr`.
 """

@@ -328,16 +328,31 @@ def per_epoch(schedule: Schedule, steps_per_epoch: int) -> Schedule:
     OneCycleLR) is passed as it is. The momentum schedule is wrapped too
     (``per_epoch(s, n).momentum``).
 
+    ReduceLROnPlateau is stepped per epoch with a metric that exists only after the epoch's
+    last update (a validation loss): ``per_epoch(reduce_lr_on_plateau(...), n)``, a
+    hyperparameter of :func:`inject_hyperparams`, is left alone by the updates and stepped
+    by :func:`jaxupdate.lr_scheduler.step_plateau` (torch's ``scheduler.step(val_loss)``).
+
     Args:
-      schedule: a jaxupdate schedule (any of this package's schedulers).
+      schedule: a jaxupdate schedule (any of this package's schedulers), or a
+        ``reduce_lr_on_plateau``.
       steps_per_epoch: number of optimizer updates per epoch, a positive int.
     """
+    if getattr(schedule, "torch_name", None) == "ReduceLROnPlateau" and hasattr(
+        schedule, "per_epoch"
+    ):
+        _check_steps_per_epoch(steps_per_epoch)
+        return schedule.per_epoch(int(steps_per_epoch))
     if not isinstance(schedule, Schedule):
         raise TypeError(f"per_epoch expects a jaxupdate lr_scheduler schedule, got {schedule!r}")
+    _check_steps_per_epoch(steps_per_epoch)
+    return PerEpoch(schedule, int(steps_per_epoch))
+
+
+def _check_steps_per_epoch(steps_per_epoch):
     if (
         not is_number(steps_per_epoch)
         or int(steps_per_epoch) != steps_per_epoch
         or (steps_per_epoch <= 0)
     ):
         raise ValueError(f"Expected positive integer steps_per_epoch, but got {steps_per_epoch}")
-    return PerEpoch(schedule, int(steps_per_epoch))

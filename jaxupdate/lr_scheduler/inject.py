@@ -387,17 +387,17 @@ def step_plateau(tx, opt_state, metric):
     For an optimizer built with :func:`inject_hyperparams` (alone or in
     :func:`jaxupdate.param_groups.param_groups`, e.g. by
     ``jaxupdate.interop.from_torch(opt, plateau, steps_per_epoch=n)``) whose lr is a
-    ``reduce_lr_on_plateau(..., on_update=False)``: every group's plateau takes ``metric``
+    ``per_epoch(reduce_lr_on_plateau(...), n)``: every group's plateau takes ``metric``
     and the lr the next update uses becomes the plateau's, as after torch's
     ``scheduler.step(val_loss)`` at the end of an epoch. Pure and jittable (``tx`` static).
 
     Example::
 
         >>> import jax.numpy as jnp, jaxupdate as ju
-        >>> from jaxupdate.lr_scheduler import (get_hyperparams, inject_hyperparams,
+        >>> from jaxupdate.lr_scheduler import (get_hyperparams, inject_hyperparams, per_epoch,
         ...                                     reduce_lr_on_plateau, step_plateau)
         >>> tx = inject_hyperparams(ju.sgd)(
-        ...     lr=reduce_lr_on_plateau(0.1, patience=0, on_update=False))
+        ...     lr=per_epoch(reduce_lr_on_plateau(0.1, patience=0), steps_per_epoch=100))
         >>> state = tx.init({"w": jnp.ones(2)})
         >>> for val_loss in (1.0, 1.0):                        # no improvement: lr * 0.1
         ...     state = step_plateau(tx, state, val_loss)

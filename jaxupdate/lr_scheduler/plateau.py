@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import NamedTuple
 
@@ -27,13 +28,13 @@ class ReduceLROnPlateau:
 
     torch_name = "ReduceLROnPlateau"
     momentum = None
+    #: False (``per_epoch``): ``tx.update`` leaves the plateau alone, ``step_plateau`` steps it
+    on_update = True
+    every = None
 
     def __init__(
-        self, lr, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps,
-        on_update=True,
+        self, lr, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps
     ):
-        #: False: ``tx.update`` leaves the plateau alone; :func:`step_plateau` steps it
-        self.on_update = bool(on_update)
         if factor >= 1.0:
             raise ValueError("Factor should be < 1.0.")
         if isinstance(lr, Schedule):
@@ -63,12 +64,18 @@ class ReduceLROnPlateau:
             "min_lr": min_lr,
             "eps": eps,
         }
-        if not self.on_update:
-            self._repr_args["on_update"] = False
+
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self._repr_args.items())
-        return f"reduce_lr_on_plateau({args})"
+        out = f"reduce_lr_on_plateau({args})"
+        return out if self.on_update else f"per_epoch({out}, steps_per_epoch={self.every})"
+
+    def per_epoch(self, steps_per_epoch: int) -> "ReduceLROnPlateau":
+        """This plateau stepped once per epoch by ``step_plateau``, not by the updates."""
+        out = copy.copy(self)
+        out.on_update, out.every = False, steps_per_epoch
+        return out
 
     def init(self) -> PlateauState:
         """State right after torch's constructor (which leaves the lr as it is)."""
@@ -149,8 +156,6 @@ def reduce_lr_on_plateau(
     cooldown: int = 0,
     min_lr=0,
     eps: float = 1e-8,
-    *,
-    on_update: bool = True,
 ) -> ReduceLROnPlateau:
     r"""torch.optim.lr_scheduler.ReduceLROnPlateau as a pure state machine.
 
@@ -190,12 +195,13 @@ def reduce_lr_on_plateau(
         updates, opt_state = tx.update(grads, opt_state, params, value=loss)
 
     Per epoch inside an optimizer built with :func:`inject_hyperparams` (torch's usual loop:
-    the metric is a validation loss computed after the epoch's last update): build it with
-    ``on_update=False``, so that updates leave it alone, and step it with
-    :func:`jaxupdate.lr_scheduler.step_plateau` (also what
+    the metric is a validation loss computed after the epoch's last update): wrap it in
+    :func:`jaxupdate.lr_scheduler.per_epoch`, so that updates leave it alone, and step it
+    with :func:`jaxupdate.lr_scheduler.step_plateau` (also what
     ``from_torch(opt, plateau, steps_per_epoch=n)`` returns)::
 
-        tx = inject_hyperparams(ju.sgd)(lr=reduce_lr_on_plateau(0.1, on_update=False))
+        plateau = per_epoch(reduce_lr_on_plateau(0.1), steps_per_epoch=len(loader))
+        tx = inject_hyperparams(ju.sgd)(lr=plateau)
         for epoch in range(epochs):
             for batch in loader:
                 updates, opt_state = tx.update(grads, opt_state, params)   # no value=
@@ -210,7 +216,7 @@ def reduce_lr_on_plateau(
     Args (torch's, ``optimizer`` replaced by ``lr``): ``lr`` the optimizer's initial lr (or
     a schedule stepped before the plateau), ``mode="min"``, ``factor=0.1``, ``patience=10``,
     ``threshold=1e-4``, ``threshold_mode="rel"``, ``cooldown=0``, ``min_lr=0`` (a number or
-    a one-element list), ``eps=1e-8``; and jaxupdate's ``on_update=True`` (above).
+    a one-element list), ``eps=1e-8``.
 
     Example::
 
@@ -223,6 +229,5 @@ def reduce_lr_on_plateau(
         0.01
     """
     return ReduceLROnPlateau(
-        lr, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps,
-        on_update,
+        lr, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps
     )
