@@ -308,10 +308,14 @@ def _warn_empty(desc: GroupsDescription, paths: list, members: list) -> None:
         shown = getattr(sel, "__qualname__", None) if callable(sel) else None
         shown = shown or repr(sel)[:80]
         free = [p for i, p in enumerate(paths) if i not in taken]
+        where = (
+            f"{len(free)} leaves are in no group and will not be trained (e.g. {free[:3]})"
+            if free
+            else "the leaves meant for it, if any, train with another group's hyperparameters"
+        )
         warnings.warn(
             f"param group {g} ({'label' if group.by_label else 'params'} {shown}) selects no "
-            f"parameter; {len(free)} leaves are in no group and will not be trained "
-            f"(e.g. {free[:3]}). Paths join keys with '/' ('encoder/LayerNorm/weight'): "
+            f"parameter; {where}. Paths join keys with '/' ('encoder/LayerNorm/weight'): "
             "for torch's dotted names use jaxupdate.param_groups.by_name",
             stacklevel=3,
         )
