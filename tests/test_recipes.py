@@ -616,3 +616,56 @@ def test_current_lr_of_converted_run(name):
         params = ju.apply_updates(params, u)
         assert current_lr(tx, state) == pytest.approx(sched.get_last_lr(), rel=1e-15)
     assert _rel(model, params) <= TOL64
+
+
+# --- and back to torch ---------------------------------------------------------------------------
+
+
+def _jax_steps(tx, state, params, model, rng, n, opt=None, sched=None):
+    """``n`` jaxupdate steps (and, with ``opt``, the same torch steps) on fresh gradients."""
+    for _ in range(n):
+        g = _grads(model, rng)
+        if opt is not None:
+            _torch_step(model, opt, g, sched)
+        u, state = tx.update(_like(params, g), state, params)
+        params = ju.apply_updates(params, u)
+    return state, params
+
+
+def test_hf_schedule_back_to_torch():
+    """from_torch of an HF run, jaxupdate alone for a while, to_torch, both continue."""
+    model = _mlp()
+    opt = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=5e-3)
+    sched = get_cosine_schedule_with_warmup(opt, WARMUP, TOTAL)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        _torch_step(model, opt, _grads(model, rng), sched)
+    tx = from_torch(opt, sched)
+    params = weights_from_torch(model, optimizer=opt)
+    state, params = _jax_steps(tx, tx.init(params), params, model, rng, 7)  # torch waits
+    ju.interop.to_torch(opt, tx, state, params, sched)
+    assert sched.get_last_lr() == pytest.approx(current_lr(tx, state), rel=1e-15)
+    state, params = _jax_steps(tx, state, params, model, rng, 10, opt, sched)
+    assert _rel(model, params) <= TOL64
+
+
+def test_per_epoch_plateau_back_to_torch():
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0)
+    tx = from_torch(opt, sched, steps_per_epoch=3)
+    params = weights_from_torch(model)
+    state = tx.init(params)
+    rng = np.random.default_rng(0)
+    for epoch in range(4):  # jaxupdate alone: lr halves at epochs 2 and 3
+        state, params = _jax_steps(tx, state, params, model, rng, 3)
+        state = step_plateau(tx, state, METRICS[epoch])
+    assert current_lr(tx, state) == [0.025]
+    ju.interop.to_torch(opt, tx, state, params, sched)
+    assert sched.get_last_lr() == [0.025] and sched.num_bad_epochs == 0
+    for epoch in range(4, 8):
+        state, params = _jax_steps(tx, state, params, model, rng, 3, opt)
+        sched.step(METRICS[epoch])
+        state = step_plateau(tx, state, METRICS[epoch])
+        assert current_lr(tx, state) == pytest.approx(sched.get_last_lr(), rel=1e-15)
+    assert _rel(model, params) <= TOL64
