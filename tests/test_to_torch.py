@@ -741,8 +741,11 @@ def test_error_groups_and_sizes():
 
 def test_error_wrong_leaves():
     tp, opt, sched, tx, state, jp = _converted()
-    with pytest.raises(ValueError, match=r"opt_state does not fit .*momentum_buffer\[2\]"):
+    # from_torch's init checks the leaves against the torch parameters first
+    with pytest.raises(ValueError, match=r"the parameters have 2 leaves, the torch optimizer 4"):
         to_torch(opt, tx, state, jp[:2])
+    with pytest.raises(ValueError, match=r"leaf 0 .* param-group order"):
+        to_torch(opt, tx, state, [jp[1], jp[0], *jp[2:]])
     tx = ju.sgd(lr=0.1, momentum=0.9)
     state, jp = _jax_steps(tx, tx.init(jp), jp, [[np.ones(t.shape) for t in tp]], range(1))
     with pytest.raises(ValueError, match=r"opt_state does not fit this optimizer \(sgd\)"):
