@@ -495,7 +495,7 @@ def _order_check(groups: list):
                 "the optimizer's parameters in param-group order, which is not the model's "
                 "when groups are built by a recipe (timm, Hugging Face put biases and norms "
                 "in their own group); build them with "
-                "jaxupdate.interop.weights_from_torch(model, optimizer=opt)"
+                "jaxupdate.interop.weights.weights_from_torch(model, optimizer=opt)"
             )
 
     return check

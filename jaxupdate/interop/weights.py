@@ -72,10 +72,10 @@ def _nest(flat: "OrderedDict[str, object]") -> OrderedDict:
 
 def _flatten(tree) -> "OrderedDict[str, object]":
     """Dotted names -> leaves, in ``jax.tree.leaves`` order (nested dicts joined with ".")."""
-    from jaxupdate.param_groups import path_str
+    from jaxupdate.param_groups import path_str, torch_name
 
     with_path, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return OrderedDict((path_str(p).replace("/", "."), x) for p, x in with_path)
+    return OrderedDict((torch_name(path_str(p)), x) for p, x in with_path)
 
 
 def _optimizer_order(module, optimizer) -> list:
