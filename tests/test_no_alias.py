@@ -190,3 +190,21 @@ def test_from_torch_continues_while_torch_keeps_stepping():
         params = ju.apply_updates(params, updates)
     for n, p in zip(params, ps):
         np.testing.assert_allclose(np.asarray(n), T.to_numpy(p), rtol=1e-12, atol=1e-15)
+
+
+def test_to_torch_leaves_the_jax_run_alone():
+    """to_torch writes copies into torch: torch stepping on in place moves nothing in JAX."""
+    ps, opt, g = _run_sgd(2)
+    tx = from_torch(opt)
+    params = [jnp.asarray(T.to_numpy(p)) for p in ps]
+    state = tx.init(params)
+    updates, state = tx.update([jnp.ones(s) for s in SHAPES], state, params)
+    params = ju.apply_updates(params, updates)
+    before, p_before = _host(state), _host(params)
+    ju.interop.to_torch(opt, tx, state, params)
+    for p in ps:
+        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+    opt.step()
+    _mutate(ps)
+    _same(before, state)
+    _same(p_before, params)
