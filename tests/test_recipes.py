@@ -669,3 +669,22 @@ def test_per_epoch_plateau_back_to_torch():
         state = step_plateau(tx, state, METRICS[epoch])
         assert current_lr(tx, state) == pytest.approx(sched.get_last_lr(), rel=1e-15)
     assert _rel(model, params) <= TOL64
+
+
+def test_python_lambda_probed_where_torch_calls_it():
+    """MultiplicativeLR calls its lambda from step 1 on: one undefined at 0 is accepted."""
+    def mult(e):
+        return 0.9 + 0.01 * math.log(e)  # math.log(0) raises, torch never asks for it
+
+    j, t = P.trajectories(
+        "SGD", {"lr": 0.05}, "float64", 12,
+        scheduler_fn=lambda o: torch.optim.lr_scheduler.MultiplicativeLR(o, mult),
+        tx_fn=lambda: ju.sgd(lr=multiplicative_lr(0.05, mult)), jit=True,
+    )
+    assert P.rel_err(j, t) <= TOL64
+    j, t = P.trajectories(
+        "SGD", {"lr": 0.05}, "float64", 12,
+        scheduler_fn=lambda o: torch.optim.lr_scheduler.MultiplicativeLR(o, mult),
+        via_from_torch=True, convert_at=4, jit=True,
+    )
+    assert P.rel_err(j, t) <= TOL64

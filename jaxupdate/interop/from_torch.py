@@ -87,10 +87,8 @@ from jaxupdate.lr_scheduler import (
     cyclic_lr,
     exponential_lr,
     inject_hyperparams,
-    lambda_lr,
     linear_lr,
     multi_step_lr,
-    multiplicative_lr,
     one_cycle_lr,
     per_epoch,
     polynomial_lr,
@@ -99,6 +97,7 @@ from jaxupdate.lr_scheduler import (
     step_lr,
 )
 from jaxupdate.lr_scheduler._base import Schedule, as_count, as_float
+from jaxupdate.lr_scheduler.basic import LambdaLR, MultiplicativeLR
 from jaxupdate.param_groups import (
     ParamGroupsState,
     _constructor_only,
@@ -189,10 +188,13 @@ def _schedule(s, g: int, group: dict) -> Schedule:
     base = s.base_lrs[g] if hasattr(s, "base_lrs") else group.get("initial_lr", group["lr"])
     if T.is_tensor(base):
         base = float(base)
+    # a Python lambda is probed at the scheduler's position (a resumed scheduler may never
+    # have called it at 0)
+    probe = max(_last_epoch(s), 0)
     if name == "LambdaLR":
-        return lambda_lr(base, s.lr_lambdas[g])
+        return LambdaLR(base, s.lr_lambdas[g], probe)
     if name == "MultiplicativeLR":
-        return multiplicative_lr(base, s.lr_lambdas[g])
+        return MultiplicativeLR(base, s.lr_lambdas[g], max(probe, 1))
     if name == "StepLR":
         return step_lr(base, s.step_size, s.gamma)
     if name == "MultiStepLR":

@@ -51,13 +51,14 @@ class _Factor(Schedule):
 class LambdaLR(SelfSetting):
     torch_name = "LambdaLR"
 
-    def __init__(self, lr, lr_lambda):
+    def __init__(self, lr, lr_lambda, probe: int = 0):
         self.lr = check_base_lr(lr)
         self.lr_lambda = _one_lambda(lr_lambda)
         if not callable(self.lr_lambda):
             # torch calls it in the constructor's initial step
             raise TypeError(f"'{type(self.lr_lambda).__name__}' object is not callable")
-        self._fn = HostFunction(self.lr_lambda, "lr_lambda")
+        # probe: the first count torch calls it with (last_epoch of a resumed scheduler)
+        self._fn = HostFunction(self.lr_lambda, "lr_lambda", probe)
         self._repr_args = {"lr": lr, "lr_lambda": lr_lambda}
 
     def _value(self, t):
@@ -98,14 +99,15 @@ def lambda_lr(lr, lr_lambda: Callable) -> Schedule:
 class MultiplicativeLR(Schedule):
     torch_name = "MultiplicativeLR"
 
-    def __init__(self, lr, lr_lambda):
+    def __init__(self, lr, lr_lambda, probe: int = 1):
         self.lr = check_base_lr(lr)
         self.lr_lambda = _one_lambda(lr_lambda)
         if not callable(self.lr_lambda):
             raise TypeError(
                 f"lr_lambda should be a function, but got {type(self.lr_lambda).__name__}"
             )
-        self._fn = HostFunction(self.lr_lambda, "lr_lambda")
+        # torch's get_lr calls it from last_epoch 1 on (not at construction)
+        self._fn = HostFunction(self.lr_lambda, "lr_lambda", probe)
         self._repr_args = {"lr": lr, "lr_lambda": lr_lambda}
 
     def _next(self, lr, t):
