@@ -8,7 +8,6 @@ import numpy as np
 import optax
 import pytest
 import torch
-from torch.testing._internal import common_optimizers as co
 
 from jaxupdate.optim.asgd import asgd, averaged_params
 from jaxupdate.optim.sgd import sgd
@@ -20,12 +19,8 @@ from tests.parity import (
     TOL,
     array_kwargs,
     assert_float32_without_x64,
-    construction_tests,
     find_state,
-    kw_id,
     max_rel,
-    pairwise,
-    parity_tests,
     problem,
     rel_err,
     run_jax,
@@ -36,20 +31,7 @@ from tests.parity import (
 
 TORCH_CLS = torch.optim.ASGD
 
-# Every value of every option meets every value of every other option at least once;
-# t0 = 5 starts the averaging (mu != 1) within the 40 steps.
-GRID = pairwise(
-    lr=[0.01, 0.05],
-    lambd=[1e-4, 0.1],
-    alpha=[0.75, 0.5],
-    t0=[1e6, 5.0],
-    weight_decay=[0.0, 0.1],
-    maximize=[False, True],
-)
 
-test_torch_table, test_option_grid, test_grid_complex = parity_tests(
-    TORCH_CLS, asgd, co.optim_inputs_func_asgd, GRID, [kw_id(kw) for kw in GRID]
-)
 
 
 @pytest.mark.parametrize("t0", [0.0, 5.0, 1e6], ids=["t0=0", "t0=5", "t0=1e6"])
@@ -186,18 +168,6 @@ def test_float32_without_x64():
     assert_float32_without_x64(TORCH_CLS, asgd, kw)
 
 
-test_defaults_match_torch, test_torch_error_table, test_errors_match_torch_wording = (
-    construction_tests(
-        TORCH_CLS,
-        asgd,
-        co.optim_error_inputs_func_asgd,
-        [
-            (dict(lr=-1.0), "Invalid learning rate: -1.0"),
-            (dict(weight_decay=-0.1), "Invalid weight_decay value: -0.1"),
-            (dict(lr=-1.0, weight_decay=-0.1), "Invalid learning rate: -1.0"),
-        ],
-    )
-)
 
 
 def test_unchecked_like_torch():

@@ -6,40 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from torch.testing._internal import common_optimizers as co
 
 from jaxupdate.optim.rprop import rprop
 from jaxupdate.transforms.adaptive import TorchRpropState
 from tests import parity as P
-from tests.parity import assert_parity
 
 TORCH = torch.optim.Rprop
 
-# all pairs of option values; lr=1e-7 lies below step_size_min, so the first step clamps it
-GRID = P.pairwise(
-    lr=[1e-2, 1e-7, 0.5],
-    etas=[(0.5, 1.2), (0.1, 3.0)],
-    step_sizes=[(1e-6, 50), (1e-3, 0.02)],
-    maximize=[False, True],
-)
-
-
-@pytest.mark.parametrize("kwargs", P.torch_table(co.optim_inputs_func_rprop))
-@pytest.mark.parametrize("dtype", P.DTYPES, ids=P.DTYPE_IDS)
-def test_torch_table(kwargs, dtype):
-    assert_parity(TORCH, rprop, kwargs, dtype)
-
-
-@pytest.mark.parametrize("kwargs", GRID, ids=[P.kw_id(kw) for kw in GRID])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-def test_option_grid(kwargs, dtype):
-    assert_parity(TORCH, rprop, kwargs, dtype, steps=40)
-
-
-def test_option_grid_complex():
-    """torch views complex parameters as real pairs, each part with its own step size."""
-    for i, kw in enumerate(GRID):
-        assert_parity(TORCH, rprop, kw, torch.complex128 if i % 2 else torch.complex64, steps=20)
 
 
 def _sign_pattern_problem(dtype, steps=30, seed=3):
@@ -65,14 +38,6 @@ def test_zero_gradients_and_repeated_signs(dtype):
         P.assert_trajectory_parity(TORCH, rprop, kw, params, grads, dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["f64", "c128"])
-def test_state_matches_torch(dtype):
-    P.assert_state_matches(
-        TORCH, rprop, dict(lr=0.05, etas=(0.4, 1.3)), TorchRpropState,
-        ["prev", "step_size"], dtype,
-    )
-
-
 def test_lr_schedule_seeds_step_size_once():
     """torch fills step_size from the group's lr at its first step and never reads lr again."""
     sched = lambda c: 0.05 * 0.5**c  # noqa: E731
@@ -81,19 +46,6 @@ def test_lr_schedule_seeds_step_size_once():
     params, grads = P.problem(torch.float64, 10)
     P.assert_trajectory_parity(TORCH, rprop, dict(lr=0.05), params, grads, torch.float64,
                                 dict(lr=sched))
-
-
-def test_array_and_scheduled_hyperparameters():
-    """1-element arrays and schedules for every float hyperparameter give torch's numbers."""
-    params, grads = P.problem(torch.float64, 20)
-    kw = dict(lr=0.05, etas=(0.4, 1.3), step_sizes=(1e-3, 0.2))
-    arrays = {k: (tuple(np.array([b]) for b in v) if isinstance(v, tuple) else np.array([v]))
-              for k, v in kw.items()}
-    const = lambda v: (lambda c: v + 0.0 * c)  # noqa: E731
-    schedules = {k: (tuple(const(b) for b in v) if isinstance(v, tuple) else const(v))
-                 for k, v in kw.items()}
-    for ju_kw in (arrays, schedules):
-        P.assert_trajectory_parity(TORCH, rprop, kw, params, grads, torch.float64, ju_kw)
 
 
 def test_first_step_and_sign_change_by_hand():
@@ -113,23 +65,3 @@ def test_first_step_and_sign_change_by_hand():
     np.testing.assert_allclose(u, [-0.3, -0.05, -0.2])
 
 
-def test_signature_matches_torch():
-    P.assert_signature_matches(TORCH, rprop)
-
-
-@pytest.mark.parametrize("err", P.error_cases(co.optim_error_inputs_func_rprop))
-def test_torch_error_table(err):
-    P.check_torch_error(TORCH, rprop, err)
-
-
-@pytest.mark.parametrize(
-    "kwargs,message",
-    [
-        (dict(lr=-1e-2), "Invalid learning rate: -0.01"),
-        (dict(etas=(0.0, 1.2)), "Invalid eta values: 0.0, 1.2"),
-        (dict(etas=(0.5, 1.0)), "Invalid eta values: 0.5, 1.0"),
-        (dict(etas=(1.5, 2.0)), "Invalid eta values: 1.5, 2.0"),
-    ],
-)
-def test_errors_match_torch_wording(kwargs, message):
-    P.check_same_error(TORCH, rprop, kwargs, message)
