@@ -40,15 +40,27 @@ def _same(before, after):
         np.testing.assert_array_equal(np.asarray(b), a)
 
 
+def _torch_step(ps, opt, g):
+    """One torch step (in place) on fresh gradients; returns them."""
+    grads = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in ps]
+    for p, gr in zip(ps, grads):
+        p.grad = gr
+    opt.step()
+    return grads
+
+
 def _run_sgd(steps, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     ps = [torch.nn.Parameter(torch.randn(s, generator=g, dtype=dtype)) for s in SHAPES]
     opt = torch.optim.SGD(ps, lr=0.1, momentum=0.9)
     for _ in range(steps):
-        for p in ps:
-            p.grad = torch.randn(p.shape, generator=g, dtype=dtype)
-        opt.step()
+        _torch_step(ps, opt, g)
     return ps, opt, g
+
+
+def _assert_torch_equal(params, ps):
+    for n, p in zip(params, ps):
+        np.testing.assert_allclose(np.asarray(n), T.to_numpy(p), rtol=1e-12, atol=1e-15)
 
 
 def _mutate(tensors):
@@ -74,17 +86,12 @@ def test_load_torch_state_dict_owns_memory():
     state = load_torch_state_dict(tx, opt.state_dict(), params)
     before, p_before = _host(state), _host(params)
     # torch goes on: step() updates momentum_buffer and the parameters in place
-    grads = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in ps]
-    for p, gr in zip(ps, grads):
-        p.grad = gr
-    opt.step()
+    grads = _torch_step(ps, opt, g)
     _same(before, state)
     _same(p_before, params)
     # and jaxupdate's next step is still torch's
     updates, _ = tx.update([jnp.asarray(T.to_numpy(x)) for x in grads], state, params)
-    new = ju.apply_updates(params, updates)
-    for n, p in zip(new, ps):
-        np.testing.assert_allclose(np.asarray(n), T.to_numpy(p), rtol=1e-12, atol=1e-15)
+    _assert_torch_equal(ju.apply_updates(params, updates), ps)
 
 
 def test_from_torch_snapshot_at_conversion():
@@ -93,9 +100,7 @@ def test_from_torch_snapshot_at_conversion():
     tx = from_torch(opt)
     at_conversion = copy.deepcopy(opt.state_dict())
     params = [jnp.asarray(T.to_numpy(p)) for p in ps]
-    for p in ps:
-        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
-    opt.step()  # torch moves on before init
+    _torch_step(ps, opt, g)  # torch moves on before init
     state = tx.init(params)
     want = load_torch_state_dict(ju.sgd(lr=0.1, momentum=0.9), at_conversion, params)
     _same(_host(want), state)
@@ -182,14 +187,10 @@ def test_from_torch_continues_while_torch_keeps_stepping():
     state = tx.init(params)
     step = jax.jit(tx.update)
     for _ in range(10):
-        grads = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in ps]
-        for p, gr in zip(ps, grads):
-            p.grad = gr
-        opt.step()  # in place, before jaxupdate's step reads its state
+        grads = _torch_step(ps, opt, g)  # in place, before jaxupdate's step reads its state
         updates, state = step([jnp.asarray(T.to_numpy(x)) for x in grads], state, params)
         params = ju.apply_updates(params, updates)
-    for n, p in zip(params, ps):
-        np.testing.assert_allclose(np.asarray(n), T.to_numpy(p), rtol=1e-12, atol=1e-15)
+    _assert_torch_equal(params, ps)
 
 
 def test_to_torch_leaves_the_jax_run_alone():
@@ -202,9 +203,7 @@ def test_to_torch_leaves_the_jax_run_alone():
     params = ju.apply_updates(params, updates)
     before, p_before = _host(state), _host(params)
     ju.interop.to_torch(opt, tx, state, params)
-    for p in ps:
-        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
-    opt.step()
+    _torch_step(ps, opt, g)
     _mutate(ps)
     _same(before, state)
     _same(p_before, params)
