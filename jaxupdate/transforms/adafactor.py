@@ -14,18 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import (
-    add_scaled,
-    cast,
-    delta,
-    is_schedule,
-    is_static_zero,
-    resolve,
-    scalar_dtype,
-    step_float,
-)
+from jaxupdate._hparams import is_schedule, is_static_zero, resolve, scalar_dtype
+from jaxupdate.numerics import add_scaled, cast, delta, leaf_map, lerp, step_float
 from jaxupdate.transforms.common import init_count, require_params
-from jaxupdate.transforms.moments import lerp
 
 
 class TorchAdafactorState(NamedTuple):
@@ -185,7 +176,7 @@ def scale_by_torch_adafactor_step(
             p_new = p * cast(factor, p) if decay else p
             return delta(add_scaled(p_new, neg_alpha, u), p)
 
-        updates = jax.tree.map(one, updates, params)
+        updates = leaf_map(one, updates, params)
         return updates, TorchAdafactorStepState(optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import add_scaled, cast, delta, leaf_map, resolve
+from jaxupdate._hparams import resolve
+from jaxupdate.numerics import add_scaled, cast, delta, leaf_map
 
 
 class CountState(NamedTuple):

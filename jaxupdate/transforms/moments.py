@@ -8,30 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import bias_correction, cast, is_number, leaf_map, resolve, step_float
+from jaxupdate._hparams import resolve
+from jaxupdate.numerics import bias_correction, cast, ema_square, leaf_map, lerp, step_float
 from jaxupdate.transforms.common import init_count
-
-
-def lerp(start, end, weight):
-    """torch's ``start.lerp_(end, weight)`` on CPU, formula for formula.
-
-    ATen picks ``start + w * (end - start)`` when ``|w| < 0.5`` and
-    ``end - (end - start) * (1 - w)`` otherwise; the two round differently.
-    """
-    if is_number(weight):
-        if abs(weight) < 0.5:
-            return start + cast(weight, start) * (end - start)
-        # the kernel casts the weight to the dtype first, then takes 1 - w in that dtype
-        return end - (end - start) * (1 - cast(weight, start))
-    w = cast(weight, start)
-    small = start + w * (end - start)
-    large = end - (end - start) * (1 - w)
-    return jnp.where(jnp.abs(w) < 0.5, small, large)
-
-
-def ema_square(avg, g, decay):
-    """torch's ``avg.mul_(decay).addcmul_(g, g, value=1 - decay)``."""
-    return avg * cast(decay, avg) + cast(1.0 - decay, g) * g * g
 
 
 class TorchAdamState(NamedTuple):

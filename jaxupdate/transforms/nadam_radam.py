@@ -18,17 +18,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import (
-    bias_correction,
-    cast,
-    delta,
-    is_number,
-    resolve,
-    scalar_dtype,
-    step_float,
-)
+from jaxupdate._hparams import is_number, resolve, scalar_dtype
+from jaxupdate.numerics import bias_correction, cast, delta, ema_square, leaf_map, lerp, step_float
 from jaxupdate.transforms.common import init_count
-from jaxupdate.transforms.moments import ema_square, lerp
 
 # torch keeps ``step`` and NAdam's ``mu_product`` as tensors of ``_get_scalar_dtype()``:
 # float32 under torch's default dtype. ``mu_product *= mu`` therefore rounds to float32 at
@@ -45,7 +37,7 @@ def _base(params, lr, weight_decay):
     if weight_decay is None:
         return params
     factor = 1.0 - lr * weight_decay
-    return jax.tree.map(lambda p: p * cast(factor, p), params)
+    return leaf_map(lambda p: p * cast(factor, p), params)
 
 
 class TorchNAdamState(NamedTuple):
@@ -96,9 +88,9 @@ def scale_by_torch_nadam(
         coef_grad = (-lr_t * (1.0 - mu)) / (1.0 - mp)
         coef_avg = (-lr_t * mu_next) / (1.0 - mp * mu_next)
 
-        exp_avg = jax.tree.map(lambda m, g: lerp(m, g, 1.0 - b1), state.exp_avg, updates)
-        exp_avg_sq = jax.tree.map(lambda v, g: ema_square(v, g, b2), state.exp_avg_sq, updates)
-        denoms = jax.tree.map(
+        exp_avg = leaf_map(lambda m, g: lerp(m, g, 1.0 - b1), state.exp_avg, updates)
+        exp_avg_sq = leaf_map(lambda v, g: ema_square(v, g, b2), state.exp_avg_sq, updates)
+        denoms = leaf_map(
             lambda v: jnp.sqrt(v / cast(bc2, v)) + cast(e, v), exp_avg_sq
         )
 
@@ -113,14 +105,14 @@ def scale_by_torch_nadam(
                     "decoupled weight_decay needs the current parameters: "
                     "call tx.update(grads, opt_state, params)"
                 )
-            out = jax.tree.map(
+            out = leaf_map(
                 lambda g, m, d: term(coef_grad, g, d) + term(coef_avg, m, d),
                 updates, exp_avg, denoms,
             )
             return out, new_state
         wd = None if decoupled_weight_decay is None else resolve(decoupled_weight_decay, count)
         base = _base(params, lr_t, wd)
-        out = jax.tree.map(
+        out = leaf_map(
             lambda b, p, g, m, d: delta(b + term(coef_grad, g, d) + term(coef_avg, m, d), p),
             base, params, updates, exp_avg, denoms,
         )
@@ -230,8 +222,8 @@ def scale_by_torch_radam(
         )
         rect = jnp.sqrt(jnp.where(adaptive, ratio, 1.0))
 
-        exp_avg = jax.tree.map(lambda m, g: lerp(m, g, 1.0 - b1), state.exp_avg, updates)
-        exp_avg_sq = jax.tree.map(lambda v, g: ema_square(v, g, b2), state.exp_avg_sq, updates)
+        exp_avg = leaf_map(lambda m, g: lerp(m, g, 1.0 - b1), state.exp_avg, updates)
+        exp_avg_sq = leaf_map(lambda v, g: ema_square(v, g, b2), state.exp_avg_sq, updates)
 
         def step_of(m, v):
             sgd_like = (m / cast(bc1, m)) * cast(lr_t, m)
@@ -239,7 +231,7 @@ def scale_by_torch_radam(
             rectified = (sgd_like * (inv * cast(bc2_sqrt, v))) * cast(rect, m)
             return jnp.where(adaptive, rectified, sgd_like)
 
-        steps = jax.tree.map(step_of, exp_avg, exp_avg_sq)
+        steps = leaf_map(step_of, exp_avg, exp_avg_sq)
         new_state = TorchRAdamState(optax.safe_increment(count), exp_avg, exp_avg_sq)
         if params is None:
             if decoupled_weight_decay is not None:
@@ -247,11 +239,11 @@ def scale_by_torch_radam(
                     "decoupled weight_decay needs the current parameters: "
                     "call tx.update(grads, opt_state, params)"
                 )
-            return jax.tree.map(jnp.negative, steps), new_state
+            return leaf_map(jnp.negative, steps), new_state
         wd = None if decoupled_weight_decay is None else resolve(decoupled_weight_decay, count)
         base = _base(params, lr_t, wd)
         # torch: param.add_(step, alpha=-1.0), i.e. base - step rounded once
-        out = jax.tree.map(lambda b, p, s: delta(b - s, p), base, params, steps)
+        out = leaf_map(lambda b, p, s: delta(b - s, p), base, params, steps)
         return out, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
