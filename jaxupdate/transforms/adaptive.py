@@ -19,7 +19,15 @@ import jax.numpy as jnp
 import optax
 
 from jaxupdate._hparams import resolve
-from jaxupdate.numerics import addcmul, bias_correction, cast, leaf_map, lerp, step_float
+from jaxupdate.numerics import (
+    addcmul,
+    bias_correction,
+    cast,
+    leaf_map,
+    lerp,
+    step_float,
+    true_divide,
+)
 from jaxupdate.transforms.common import init_count
 
 
@@ -109,7 +117,9 @@ def scale_by_torch_adadelta(rho=0.9, eps=1e-6) -> optax.GradientTransformationEx
 
         def delta(g, v, a):
             std = jnp.sqrt(v + cast(e, v))
-            return jnp.sqrt(a + cast(e, a)) / std * g
+            # torch: delta.div_(std).mul_(grad); a true division (XLA would rewrite
+            # sqrt(x) / sqrt(y) as sqrt(x) * rsqrt(y), another rounding)
+            return true_divide(jnp.sqrt(a + cast(e, a)), std) * g
 
         deltas = leaf_map(delta, updates, sq, state.acc_delta)
         acc = leaf_map(

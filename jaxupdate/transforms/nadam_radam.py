@@ -19,7 +19,20 @@ import jax.numpy as jnp
 import optax
 
 from jaxupdate._hparams import is_number, resolve, scalar_dtype
-from jaxupdate.numerics import bias_correction, cast, delta, ema_square, leaf_map, lerp, step_float
+from jaxupdate.numerics import (
+    addcdiv_term,
+    bias_correction,
+    cast,
+    delta,
+    ema_square,
+    leaf_map,
+    lerp,
+    scale,
+    step_float,
+    true_divide,
+    unfused,
+    wide_updates,
+)
 from jaxupdate.transforms.common import init_count
 
 # torch keeps ``step`` and NAdam's ``mu_product`` as tensors of ``_get_scalar_dtype()``:
@@ -37,7 +50,8 @@ def _base(params, lr, weight_decay):
     if weight_decay is None:
         return params
     factor = 1.0 - lr * weight_decay
-    return leaf_map(lambda p: p * cast(factor, p), params)
+    # rounded before the step is added, as torch's in-place mul_ (no fused multiply-add)
+    return leaf_map(lambda p: scale(p, factor), params)
 
 
 class TorchNAdamState(NamedTuple):
@@ -74,7 +88,7 @@ def scale_by_torch_nadam(
         )
 
     def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
+        wide = wide_updates(extra_args)
         count = state.count
         b1, b2 = resolve(beta1, count), resolve(beta2, count)
         lr_t, e, md = resolve(lr, count), resolve(eps, count), resolve(momentum_decay, count)
@@ -91,12 +105,13 @@ def scale_by_torch_nadam(
         exp_avg = leaf_map(lambda m, g: lerp(m, g, 1.0 - b1), state.exp_avg, updates)
         exp_avg_sq = leaf_map(lambda v, g: ema_square(v, g, b2), state.exp_avg_sq, updates)
         denoms = leaf_map(
-            lambda v: jnp.sqrt(v / cast(bc2, v)) + cast(e, v), exp_avg_sq
+            # torch: exp_avg_sq.div(bias_correction2).sqrt(), a true division
+            lambda v: jnp.sqrt(true_divide(v, cast(bc2, v))) + cast(e, v), exp_avg_sq
         )
 
         # torch's addcdiv_: param + (value * t1) / t2, one addcdiv_ after the other
         def term(coef, t, d):
-            return (cast(coef, t) * t) / d
+            return addcdiv_term(coef, t, d)
 
         new_state = TorchNAdamState(optax.safe_increment(count), mu_product, exp_avg, exp_avg_sq)
         if params is None:
@@ -113,7 +128,7 @@ def scale_by_torch_nadam(
         wd = None if decoupled_weight_decay is None else resolve(decoupled_weight_decay, count)
         base = _base(params, lr_t, wd)
         out = leaf_map(
-            lambda b, p, g, m, d: delta(b + term(coef_grad, g, d) + term(coef_avg, m, d), p),
+            lambda b, p, g, m, d: delta(b + term(coef_grad, g, d) + term(coef_avg, m, d), p, wide),
             base, params, updates, exp_avg, denoms,
         )
         return out, new_state
@@ -207,7 +222,7 @@ def scale_by_torch_radam(
         return TorchRAdamState(init_count(), _zeros(params), _zeros(params))
 
     def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
+        wide = wide_updates(extra_args)
         count = state.count
         b1, b2 = resolve(beta1, count), resolve(beta2, count)
         lr_t, e = resolve(lr, count), resolve(eps, count)
@@ -226,10 +241,12 @@ def scale_by_torch_radam(
         exp_avg_sq = leaf_map(lambda v, g: ema_square(v, g, b2), state.exp_avg_sq, updates)
 
         def step_of(m, v):
-            sgd_like = (m / cast(bc1, m)) * cast(lr_t, m)
+            # torch: exp_avg / bias_correction1 (a true division), then * lr
+            sgd_like = true_divide(m, cast(bc1, m)) * cast(lr_t, m)
             inv = 1 / (jnp.sqrt(v) + cast(e, v))  # torch: float / tensor = reciprocal * float
             rectified = (sgd_like * (inv * cast(bc2_sqrt, v))) * cast(rect, m)
-            return jnp.where(adaptive, rectified, sgd_like)
+            # rounded before param.add_(step, alpha=-1.0) subtracts it (no fused multiply-add)
+            return unfused(jnp.where(adaptive, rectified, sgd_like))
 
         steps = leaf_map(step_of, exp_avg, exp_avg_sq)
         new_state = TorchRAdamState(optax.safe_increment(count), exp_avg, exp_avg_sq)
@@ -243,7 +260,7 @@ def scale_by_torch_radam(
         wd = None if decoupled_weight_decay is None else resolve(decoupled_weight_decay, count)
         base = _base(params, lr_t, wd)
         # torch: param.add_(step, alpha=-1.0), i.e. base - step rounded once
-        out = leaf_map(lambda b, p, s: delta(b - s, p), base, params, steps)
+        out = leaf_map(lambda b, p, s: delta(b - s, p, wide), base, params, steps)
         return out, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
