@@ -18,3 +18,13 @@ def test_schedules_example_draws_png(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert out.stat().st_size > 10_000
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_float32_bit_identical_example():
+    """SGD's float32 parameters equal torch's bit for bit (the example exits 1 otherwise)."""
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "float32_bit_identical.py")],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SGD(momentum, weight_decay): 100.0000%" in res.stdout
