@@ -17,6 +17,7 @@ torch is imported when a function here runs, never at import.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -337,7 +338,10 @@ def bit_identical_share(
             "are emulated in float64): jax.config.update('jax_enable_x64', True)"
         )
     params, grads = problem("float32", steps, shapes, seed)
-    run = _TorchRun(cls_name, {**kwargs, "foreach": False}, params, "float32")
+    cls = getattr(T.torch().optim, cls_name)
+    # the _single_tensor_ path where torch offers a choice (Muon has no foreach argument)
+    single = {"foreach": False} if "foreach" in inspect.signature(cls).parameters else {}
+    run = _TorchRun(cls_name, {**kwargs, **single}, params, "float32")
     tx = optimizer_fn_for(cls_name)(**to_jax_kwargs(kwargs))
     jp = [jnp.asarray(p, jnp.float32) for p in run.params()]
     extra = {"wide_updates": True} if wide_updates else {}
