@@ -81,6 +81,15 @@ def delta(new, old, wide: bool = False):
     difference is taken in :func:`fused_dtype` (float64 for float32 under x64), where it is
     exact, so ``apply_updates`` (``param + update`` in float64, then float32) lands on ``new``
     bit for bit; the update then has that wider dtype.
+
+    Example::
+
+        >>> import jax, jax.numpy as jnp, jaxupdate as ju
+        >>> jax.config.update("jax_enable_x64", True)
+        >>> p, g = jnp.ones(3, jnp.float32), jnp.ones(3, jnp.float32)
+        >>> tx = ju.sgd(lr=0.1)
+        >>> u, _ = tx.update(g, tx.init(p), p, wide_updates=True)     # float64 updates
+        >>> p = ju.apply_updates(p, u)                                 # float32, as torch's
     """
     w = fused_dtype(old.dtype) if wide else None
     if w is not None:
@@ -124,7 +133,6 @@ def bias_correction(beta, step):
     return -jnp.expm1(step * log_beta)
 
 
-
 def fused_dtype(dt):
     """The dtype in which to compute ``x + a * b`` of dtype ``dt`` once and round once, as
     torch's CPU kernels do (a fused multiply-add for float32; float32 "opmath" for float16 and
@@ -158,21 +166,23 @@ def true_divide(x, d):
 def unfused(x):
     """``x`` rounded on its own before it is added to something.
 
-    XLA:CPU fuses ``a * b + c`` into one fused multiply-add (one rounding; measured: 24% of
-    random float64 triples differ from Python's ``a * b + c``), while torch's schedulers do
-    that arithmetic in Python, rounding the product first. LLVM fuses only a product with a
-    single use, and folds selects it can prove redundant; this select gives the product
-    other uses and cannot be folded. It changes nothing below half the dtype's largest
-    value (beyond, the value overflows to inf, which no learning rate or momentum reaches).
+    XLA:CPU fuses ``a * b + c`` into one fused multiply-add under ``jit`` (one rounding;
+    measured: 24% of random float64 triples differ from Python's ``a * b + c``, and every
+    float32 element equals the FMA), while torch's schedulers do that arithmetic in Python
+    and its kernels round ``mul_`` before ``add_``, rounding the product first. LLVM fuses
+    only a product with a single use, and folds selects it can prove redundant; this select
+    gives the product other uses and cannot be folded (``x * 0.5 * 2`` in its place is
+    simplified away and the product fused again: measured). It changes no value: its other
+    branch is taken only for infinite ``x``, where ``x * 2 == x``.
     """
     x = jnp.asarray(x)
-    return jnp.where(jnp.abs(x) > jnp.finfo(x.dtype).max / 2, x * 2.0, x)
+    return jnp.where(jnp.abs(x) > jnp.finfo(x.dtype).max, x * 2.0, x)
 
 
 # --------------------------------------------------------------------------------------------
 # torch's CPU kernels, one helper each. "Measured" below: torch 2.13 CPU (AVX512 and the
-# scalar tail: 100,003 random float32 elements, 100% bit-identical with x64 on); the script is
-# tests/test_bit_identity.py::test_kernel_formulas.
+# scalar tail: 100,003 random float32 elements, 100% bit-identical with x64 on); the tests
+# are tests/test_bit_identity.py::test_*_kernel.
 
 
 def add_scaled(x, alpha, y):
@@ -184,6 +194,12 @@ def add_scaled(x, alpha, y):
     torch computes in float32 ("opmath") and rounds once at the end; so does this. Otherwise
     ``x + alpha * y`` in the dtype (under ``jit`` XLA:CPU contracts it into the same fused
     multiply-add; measured 100% in float32).
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> from jaxupdate import numerics
+        >>> p = numerics.add_scaled(jnp.ones(3), -0.1, jnp.ones(3))  # param.add_(g, alpha=-lr)
     """
     dt = x.dtype
     wide = fused_dtype(dt)
@@ -199,9 +215,10 @@ def add_scaled(x, alpha, y):
 def widen(x, wide):
     """``x`` converted to ``wide``, with a product that made ``x`` kept rounded to ``x``'s dtype.
 
-    LLVM folds ``fpext(a * b) + c`` into ``fma(fpext a, fpext b, c)`` (measured: XLA:CPU does
-    this to 24% of float32 products converted to float64 and added), which would skip the
-    float32 rounding of ``a * b`` that torch does (``buf.mul_(momentum)`` before ``add_``).
+    LLVM folds ``fpext(a * b) + c`` into ``fma(fpext a, fpext b, c)`` (measured under ``jit``:
+    every element equals the fused result, 24% differ from rounding ``a * b`` first), which
+    would skip the float32 rounding of ``a * b`` that torch does (``buf.mul_(momentum)``
+    before ``add_``; an optimization barrier does not prevent it, :func:`unfused` does).
     """
     return unfused(x).astype(wide)
 
@@ -247,21 +264,29 @@ def lerp(start, end, weight):
     otherwise (``1 - w`` in that dtype), each a fused multiply-add in its vectorized loop
     and scalar tail alike (measured 100% for w = 0.001, 0.1, 0.5, 0.9, 0.999; rounding the
     product first: 88-99.7%). float32 is emulated in float64 when float64 is enabled.
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> from jaxupdate import numerics
+        >>> m = numerics.lerp(jnp.zeros(3), jnp.ones(3), 0.1)   # Adam's exp_avg.lerp_(g, 0.1)
     """
     real = jnp.finfo(start.dtype).dtype
-    wide = fused_dtype(start.dtype) if start.dtype == real else None
+    # float32 only: float16 / bfloat16 keep their own (one rounding per operation) formulas
+    wide = fused_dtype(start.dtype) if start.dtype == jnp.float32 else None
     diff = end - start
 
     def small(w):
         if wide is None:
             return start + w * diff
-        return (start.astype(wide) + w.astype(wide) * diff.astype(wide)).astype(start.dtype)
+        return (widen(start, wide) + w.astype(wide) * widen(diff, wide)).astype(start.dtype)
 
     def large(w):
         one_minus = jnp.asarray(1, real) - w
         if wide is None:
             return end - one_minus * diff
-        return (end.astype(wide) - one_minus.astype(wide) * diff.astype(wide)).astype(end.dtype)
+        # end may be a product (Adafactor's g * g): kept rounded, see widen
+        return (widen(end, wide) - one_minus.astype(wide) * widen(diff, wide)).astype(end.dtype)
 
     if is_number(weight):
         w = jax.lax.convert_element_type(weight, real)
