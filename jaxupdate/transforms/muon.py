@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxupdate._hparams import is_schedule, is_static_zero, resolve
-from jaxupdate.numerics import add_scaled, cast, delta, leaf_map, lerp
+from jaxupdate.numerics import add_scaled, cast, delta, leaf_map, lerp, wide_updates
 from jaxupdate.transforms.common import init_count, require_params
 
 # torch's defaults (Keller Jordan's Muon)
@@ -185,7 +185,7 @@ def scale_by_muon_lr(lr=1e-3, weight_decay=0.1, adjust_lr_fn: Optional[str] = No
         return ScaleByMuonLrState(init_count())
 
     def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
+        wide = wide_updates(extra_args)
         require_params(params, "muon")
         lr_t = resolve(lr, state.count)
         if lr_dtype is not None:
@@ -200,7 +200,7 @@ def scale_by_muon_lr(lr=1e-3, weight_decay=0.1, adjust_lr_fn: Optional[str] = No
             p_new = p * cast(factor, p) if decay else p
             ratio = adjust_lr_ratio(adjust_lr_fn, p.shape)
             adjusted_lr = lr_t * (ratio if lr_dtype is None else jnp.asarray(ratio, lr_dtype))
-            return delta(add_scaled(p_new, -adjusted_lr, o), p)
+            return delta(add_scaled(p_new, -adjusted_lr, o), p, wide)
 
         updates = leaf_map(one, updates, params)
         return updates, ScaleByMuonLrState(optax.safe_increment(state.count))
