@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,11 @@ def test_schedules_example_draws_png(tmp_path):
 
 def test_float32_bit_identical_example():
     """SGD's float32 parameters equal torch's bit for bit (the example exits 1 otherwise)."""
+    # this checkout's jaxupdate, not an installed one (a script's own folder leads sys.path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "float32_bit_identical.py")],
-        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env=env,
     )
     assert res.returncode == 0, res.stdout + res.stderr
     assert "SGD(momentum, weight_decay): 100.0000%" in res.stdout
