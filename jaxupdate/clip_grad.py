@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from jaxupdate._hparams import normalize, resolve
+from jaxupdate.numerics import cast
 from jaxupdate.transforms.common import init_count
 
 __all__ = [
@@ -154,11 +155,6 @@ def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite: bool = False) -> 
     return total_norm
 
 
-def _as_scalar(h, like):
-    """A hyperparameter as torch sees ``float(h)`` meeting a tensor: in ``like``'s dtype."""
-    return h if isinstance(h, float) else jnp.asarray(h, like.dtype)
-
-
 def clip_grads_with_norm_(grads, max_norm, total_norm):
     r"""``torch.nn.utils.clip_grads_with_norm_``: scales the gradients by a given total norm.
 
@@ -188,9 +184,9 @@ def clip_grads_with_norm_(grads, max_norm, total_norm):
     max_norm = float(max_norm) if isinstance(max_norm, (int, float)) else max_norm
     # torch's `max_norm / (total_norm + 1e-6)` with a Python float on the left runs
     # Tensor.__rtruediv__, i.e. `reciprocal(total_norm + 1e-6) * max_norm`: two roundings
-    clip_coef = jnp.reciprocal(total_norm + 1e-6) * _as_scalar(max_norm, total_norm)
+    clip_coef = jnp.reciprocal(total_norm + 1e-6) * cast(max_norm, total_norm)
     clip_coef_clamped = jnp.minimum(clip_coef, jnp.asarray(1.0, clip_coef.dtype))
-    return jax.tree.map(lambda g: g * clip_coef_clamped.astype(g.dtype), grads)
+    return jax.tree.map(lambda g: g * cast(clip_coef_clamped, g), grads)
 
 
 def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite: bool = False):

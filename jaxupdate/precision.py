@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxupdate.numerics import delta
+
 __all__ = [
     "KahanSummationState",
     "MasterWeightsState",
@@ -52,12 +54,6 @@ def _promoted(x, dtype) -> bool:
 def _upcast(params, dtype):
     """``params`` with each low-precision leaf in ``dtype`` (exact: a widening conversion)."""
     return jax.tree.map(lambda p: p.astype(dtype) if _promoted(p, dtype) else p, params)
-
-
-def _delta(new, old):
-    """The update taking ``old`` to ``new`` (``new - old``), 0 where an infinite parameter
-    stays infinite (``inf - inf`` would turn it into NaN)."""
-    return jnp.where(jnp.isinf(old) & (new == old), jnp.zeros_like(new), new - old)
 
 
 def _require(params, what):
@@ -144,7 +140,7 @@ def master_weights(
             is_leaf=_is_masked,
         )
         out = jax.tree.map(
-            lambda u, n, p, m: u if _is_masked(m) else _delta(n.astype(p.dtype), p),
+            lambda u, n, p, m: u if _is_masked(m) else delta(n.astype(p.dtype), p),
             inner_updates, new_p, params, state.master, is_leaf=_is_masked,
         )
         return out, MasterWeightsState(new_master, inner_state)
@@ -255,7 +251,7 @@ def kahan_summation(
             exact = p_wide + (u.astype(dtype) + c.astype(dtype))
             t = exact.astype(p.dtype)
             new_c = (exact - t.astype(dtype)).astype(p.dtype)
-            return _Pair(_delta(t, p), new_c)
+            return _Pair(delta(t, p), new_c)
 
         pairs = jax.tree.map(one, inner_updates, params, comp)
         out = jax.tree.map(lambda pr: pr.update, pairs)

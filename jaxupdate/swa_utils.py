@@ -32,6 +32,8 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from jaxupdate.numerics import lerp, true_divide
+
 __all__ = [
     "AveragedModel",
     "AveragedModelState",
@@ -58,31 +60,6 @@ def _is_float(x) -> bool:
 def _default_float(x):
     """Arithmetic dtype of ``x`` with Python floats: its own if inexact, else torch's float32."""
     return x.dtype if _is_float(x) else jnp.float32
-
-
-def _true_divide(x, d):
-    """``x / d`` for a scalar ``d``, correctly rounded as torch's CPU division.
-
-    XLA rewrites a division by a broadcast scalar into a multiplication by its reciprocal
-    (two roundings: ``x / 3`` differs from it in about a third of the elements); dividing by
-    a materialised array behind an optimisation barrier keeps the true division.
-    """
-    d = jnp.broadcast_to(jnp.asarray(d, x.dtype), jnp.shape(x))
-    return x / jax.lax.optimization_barrier(d)
-
-
-def _lerp(start, end, weight):
-    """torch's CPU ``start.lerp_(end, weight)`` for a scalar weight, as ATen's ``lerp``.
-
-    The weight is first rounded to the tensor's (real) dtype, then ATen picks
-    ``start + w * (end - start)`` when ``|w| < 0.5`` and ``end - (end - start) * (1 - w)``
-    otherwise, ``1 - w`` computed in that dtype.
-    """
-    real = jnp.finfo(start.dtype).dtype
-    w = jnp.asarray(weight, real)
-    small = start + w * (end - start)
-    large = end - (end - start) * (jnp.asarray(1, real) - w)
-    return jnp.where(jnp.abs(w) < 0.5, small, large)
 
 
 def _check_decay(decay):
@@ -120,7 +97,7 @@ def get_ema_multi_avg_fn(decay=0.999):
     def ema_update(ema_param_list, current_param_list, num_averaged):
         del num_averaged
         if _is_float(ema_param_list[0]):
-            return [_lerp(e, c, 1 - decay) for e, c in zip(ema_param_list, current_param_list)]
+            return [lerp(e, c, 1 - decay) for e, c in zip(ema_param_list, current_param_list)]
         f32 = jnp.float32
         return [
             e.astype(f32) * f32(decay) + c.astype(f32) * f32(1 - decay)
@@ -163,7 +140,7 @@ def get_swa_multi_avg_fn():
             )
         # torch: `1 / (num_averaged + 1)` on a long tensor is a float32 tensor
         weight = jnp.float32(1) / (jnp.asarray(num_averaged) + 1).astype(jnp.float32)
-        return [_lerp(a, c, weight) for a, c in zip(averaged_param_list, current_param_list)]
+        return [lerp(a, c, weight) for a, c in zip(averaged_param_list, current_param_list)]
 
     return swa_update
 
@@ -222,11 +199,11 @@ def get_swa_avg_fn():
     def swa_update(averaged_param, current_param, num_averaged):
         n1 = jnp.asarray(num_averaged) + 1
         if _is_float(averaged_param):
-            real = jnp.finfo(averaged_param.dtype).dtype
-            return averaged_param + _true_divide(current_param - averaged_param, n1.astype(real))
+            n1 = n1.astype(averaged_param.dtype)
+            return averaged_param + true_divide(current_param - averaged_param, n1)
         f32 = jnp.float32
         diff = (current_param - averaged_param).astype(f32)
-        return averaged_param.astype(f32) + _true_divide(diff, n1.astype(f32))
+        return averaged_param.astype(f32) + true_divide(diff, n1.astype(f32))
 
     return swa_update
 
@@ -530,7 +507,7 @@ def _cumulative_class(cls):
         # torch's CPU kernel accumulates statistics in double (acc_type) for float inputs
         acc = jnp.float64 if jax.config.jax_enable_x64 else jnp.promote_types(x.dtype, "float32")
         xs = x.astype(acc)
-        mean = _true_divide(jnp.sum(xs, axis=reduce), n)
+        mean = true_divide(jnp.sum(xs, axis=reduce), jnp.asarray(n, acc))
         centered = xs - jnp.expand_dims(mean, reduce)
         var_sum = jnp.sum(centered * centered, axis=reduce)
         # torch's batch_norm_cpu_update_stats_template with momentum = 1 / num_batches_tracked:
@@ -538,7 +515,7 @@ def _cumulative_class(cls):
         nbt = self._ju_num_batches_tracked[...] + 1
         self._ju_num_batches_tracked[...] = nbt
         momentum = 1.0 / nbt.astype(acc)
-        unbiased = _true_divide(var_sum, n - 1)
+        unbiased = true_divide(var_sum, jnp.asarray(n - 1, acc))
         old_mean, old_var = old_mean.astype(acc), old_var.astype(acc)
         new_mean = momentum * mean + (1 - momentum) * old_mean
         new_var = momentum * unbiased + (1 - momentum) * old_var

@@ -105,7 +105,7 @@ def test_float32_parity_without_x64():
 
 def test_bias_correction_float32_is_accurate():
     """1 - 0.999**1 in float32 loses 4 digits; jaxupdate's expm1 form keeps them."""
-    from jaxupdate._hparams import bias_correction
+    from jaxupdate.numerics import bias_correction
 
     with jax.enable_x64(False):
         for step in [1, 2, 10, 1000, 100000]:

@@ -32,6 +32,10 @@ def test_parity_quick_subprocess():
         assert any(line.startswith(sched + " /") and line.endswith("ok")
                    for line in out.splitlines()), sched
     assert "[ 1/" in proc.stderr or "[  1/" in proc.stderr  # progress on stderr
+    # the float32 bit-identity report, realistic sizes included; SGD exact
+    assert "bit-identical to torch" in out and "1,000 x 33 + 100,003" in out
+    sgd = next(line for line in out.splitlines() if line.endswith("SGD {'lr': 0.1}"))
+    assert sgd.split()[:2] == ["100.0000%", "100.0000%"], sgd
 
 
 def test_mismatch_exits_nonzero(monkeypatch, capsys):

@@ -60,6 +60,10 @@ EXAMPLES = {
         "torch_recipes.py", [], r"largest relative difference to torch: (\S+)", 1e-12,
         lambda out: out.count("max relative difference") == 3,
     ),
+    # float32 with x64 and wide_updates: SGD bit for bit (AdamW: see the README's numerics)
+    "float32_bit_identical": (
+        "float32_bit_identical.py", [], r"SGD elements that differ from torch: (\S+)", 0.0,
+    ),
 }
 
 

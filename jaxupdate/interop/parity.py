@@ -17,6 +17,7 @@ torch is imported when a function here runs, never at import.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -273,6 +274,91 @@ def check(cls_name: str, kwargs: dict, dtype: str = "float64", steps: int = 20,
     return Result(err, tol)
 
 
+# --- float32 bit for bit ----------------------------------------------------------------------
+
+#: realistic float32 tensors for the bit-identity runs: a 1,000 x 33 matrix and a vector whose
+#: length is not a multiple of 16, so torch's vectorized loops and their scalar tails both run
+BIT_SHAPES = ((1000, 33), (100_003,))
+
+#: ``(torch class, kwargs)``: the elementwise optimizers' bit-identity configurations
+BIT_CASES = (
+    ("SGD", {"lr": 0.1}),
+    ("SGD", {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-2}),
+    ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+    ("SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.5, "maximize": True}),
+    ("Adam", {"lr": 1e-3}),
+    ("Adam", {"lr": 1e-3, "weight_decay": 1e-2, "amsgrad": True}),
+    ("AdamW", {"lr": 1e-3}),
+    ("AdamW", {"lr": 1e-3, "amsgrad": True}),
+    ("RMSprop", {"lr": 1e-3}),
+    ("RMSprop", {"lr": 1e-3, "centered": True, "momentum": 0.9, "weight_decay": 1e-2}),
+    ("Adagrad", {"lr": 1e-2, "lr_decay": 1e-3}),
+    ("Adadelta", {"lr": 1.0}),
+    ("Adamax", {"lr": 2e-3}),
+    ("NAdam", {"lr": 2e-3}),
+    ("NAdam", {"lr": 2e-3, "decoupled_weight_decay": True, "weight_decay": 1e-2}),
+    ("RAdam", {"lr": 1e-3}),
+    ("RAdam", {"lr": 1e-3, "decoupled_weight_decay": True, "weight_decay": 1e-2}),
+    ("ASGD", {"lr": 1e-2, "t0": 10}),
+    ("Rprop", {"lr": 1e-2}),
+    ("Adafactor", {"lr": 1e-2}),
+)
+
+
+def bit_identical_share(
+    cls_name: str,
+    kwargs: dict,
+    steps: int = 100,
+    shapes=BIT_SHAPES,
+    *,
+    wide_updates: bool = True,
+    seed: int = 0,
+) -> float:
+    """Share of float32 parameter elements bit-identical to torch's after ``steps`` steps.
+
+    torch runs ``torch.optim.<cls_name>(..., foreach=False)`` (its ``_single_tensor_``
+    functions) on CPU; jaxupdate runs the optimizer under ``jit`` with ``optax.apply_updates``,
+    both on the same float32 parameters and gradients. ``wide_updates=True`` passes
+    ``tx.update(..., wide_updates=True)``, whose float64 updates ``apply_updates`` lands on
+    torch's float32 parameters exactly (see ``jaxupdate.numerics.delta``); ``False`` measures
+    the plain float32 updates. Needs ``jax_enable_x64`` (float32 fused multiply-adds are
+    emulated in float64); raises otherwise.
+
+    Example::
+
+        >>> from jaxupdate.interop import parity
+        >>> parity.bit_identical_share("SGD", {"lr": 0.1}, steps=5)   # doctest: +SKIP
+        1.0
+    """
+    from jaxupdate.interop.state_dict import optimizer_fn_for
+
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError(
+            "float32 bit identity with torch needs jax_enable_x64 (torch's fused multiply-adds "
+            "are emulated in float64): jax.config.update('jax_enable_x64', True)"
+        )
+    params, grads = problem("float32", steps, shapes, seed)
+    cls = getattr(T.torch().optim, cls_name)
+    # the _single_tensor_ path where torch offers a choice (Muon has no foreach argument)
+    single = {"foreach": False} if "foreach" in inspect.signature(cls).parameters else {}
+    run = _TorchRun(cls_name, {**kwargs, **single}, params, "float32")
+    tx = optimizer_fn_for(cls_name)(**to_jax_kwargs(kwargs))
+    jp = [jnp.asarray(p, jnp.float32) for p in run.params()]
+    extra = {"wide_updates": True} if wide_updates else {}
+
+    @jax.jit
+    def step(g, state, p):
+        updates, state = tx.update(g, state, p, **extra)
+        return optax.apply_updates(p, updates), state
+
+    state = tx.init(jp)
+    for k in range(steps):
+        jp, state = step([jnp.asarray(g, jnp.float32) for g in grads[k]], state, jp)
+        run.step(grads[k])
+    same = sum(int(np.sum(np.asarray(a) == b)) for a, b in zip(jp, run.params(), strict=True))
+    return same / sum(int(np.size(b)) for b in run.params())
+
+
 # --- schedulers ----------------------------------------------------------------------------------
 
 
@@ -316,9 +402,12 @@ PLATEAU_METRICS = [1.0, 0.9, 0.9, 0.9, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8] * 3
 
 
 __all__ = [
+    "BIT_CASES",
+    "BIT_SHAPES",
     "PLATEAU_METRICS",
     "Result",
     "TOL",
+    "bit_identical_share",
     "check",
     "configs",
     "optimizer_table",

@@ -24,6 +24,7 @@ import numpy as np
 from jax import lax
 
 from jaxupdate._hparams import is_number, is_schedule, normalize, scalar_dtype
+from jaxupdate.numerics import true_divide
 from jaxupdate.optim._base import check
 
 
@@ -42,29 +43,10 @@ def as_float(x) -> jax.Array:
 
 
 def div(a, b):
-    """``a / b`` with ``b`` hidden from XLA's algebraic simplifier.
-
-    XLA rewrites a division by a constant as a multiplication by its reciprocal (and
-    reassociates ``(pi * t) / T`` into ``t * (pi / T)``), one rounding more than torch's
-    Python division: ``1 - 800 * (1 / 800)`` is ``-1.1e-16``, not 0, and PolynomialLR's
-    ``(1 - t / total_iters) ** power`` turns into NaN. An optimization barrier on the divisor
-    keeps the division as written; it costs nothing and is transparent to ``grad``/``vmap``.
-    """
-    return a / lax.optimization_barrier(as_float(b))
-
-
-def unfused(x):
-    """``x`` rounded on its own before it is added to something.
-
-    XLA:CPU fuses ``a * b + c`` into one fused multiply-add (one rounding; measured: 24% of
-    random float64 triples differ from Python's ``a * b + c``), while torch's schedulers do
-    that arithmetic in Python, rounding the product first. LLVM fuses only a product with a
-    single use, and folds selects it can prove redundant; this select gives the product
-    other uses and cannot be folded. It changes nothing below half the dtype's largest
-    value (beyond, the value overflows to inf, which no learning rate or momentum reaches).
-    """
-    x = jnp.asarray(x)
-    return jnp.where(jnp.abs(x) > jnp.finfo(x.dtype).max / 2, x * 2.0, x)
+    """``a / b`` as Python divides, ``b`` in the schedule dtype (see ``numerics.true_divide``:
+    XLA would otherwise multiply by a reciprocal, and PolynomialLR's
+    ``(1 - t / total_iters) ** power`` would turn into NaN)."""
+    return true_divide(a, as_float(b))
 
 
 class HostFunction:

@@ -23,8 +23,8 @@ from jaxupdate.lr_scheduler._base import (
     as_float,
     check_base_lr,
     div,
-    unfused,
 )
+from jaxupdate.numerics import unfused
 
 
 def _one_lambda(lr_lambda):

@@ -13,8 +13,8 @@ from jaxupdate.lr_scheduler._base import (
     as_float,
     check_base_lr,
     div,
-    unfused,
 )
+from jaxupdate.numerics import unfused
 
 
 class CosineAnnealingLR(Schedule):

@@ -17,8 +17,8 @@ from jaxupdate.lr_scheduler._base import (
     as_float,
     div,
     one_group,
-    unfused,
 )
+from jaxupdate.numerics import unfused
 
 
 class CyclicLR(SelfSetting):

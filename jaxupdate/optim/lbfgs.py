@@ -11,7 +11,8 @@ import optax
 from jax import lax
 
 from jaxupdate._described import described
-from jaxupdate._hparams import add_scaled, cast, normalize, resolve, scalar_dtype
+from jaxupdate._hparams import normalize, resolve, scalar_dtype
+from jaxupdate.numerics import add_scaled, cast
 from jaxupdate.optim._base import check_lr
 from jaxupdate.transforms.common import init_count
 

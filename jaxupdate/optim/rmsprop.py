@@ -57,8 +57,9 @@ def rmsprop(
     return assemble(
         T.maximize() if maximize else None,
         None if is_static_zero(weight_decay) else T.add_weight_decay(weight_decay),
-        T.scale_by_torch_rms(alpha, eps, centered),
+        # without momentum torch ends with param.addcdiv_(grad, avg, value=-lr): lr goes inside
+        T.scale_by_torch_rms(alpha, eps, centered, lr=lr if is_static_zero(momentum) else None),
         # torch: `if momentum > 0` with a zero-initialised buffer, no first-step copy
         None if is_static_zero(momentum) else T.torch_momentum(momentum, first_step_copies=False),
-        T.scale_by_learning_rate(lr),
+        T.scale_by_learning_rate(lr, applied=is_static_zero(momentum)),
     )

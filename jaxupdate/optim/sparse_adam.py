@@ -11,15 +11,8 @@ import optax
 from jax.experimental import sparse
 
 from jaxupdate._described import described
-from jaxupdate._hparams import (
-    bias_correction,
-    cast,
-    is_number,
-    is_schedule,
-    normalize,
-    resolve,
-    scalar_dtype,
-)
+from jaxupdate._hparams import is_number, is_schedule, normalize, resolve, scalar_dtype
+from jaxupdate.numerics import bias_correction, cast
 from jaxupdate.optim._base import check, check_betas
 from jaxupdate.transforms.common import init_count
 

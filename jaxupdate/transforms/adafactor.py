@@ -14,18 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import (
-    add_scaled,
-    cast,
-    delta,
-    is_schedule,
-    is_static_zero,
-    resolve,
-    scalar_dtype,
-    step_float,
-)
+from jaxupdate._hparams import is_schedule, is_static_zero, resolve, scalar_dtype
+from jaxupdate.numerics import add_scaled, cast, delta, leaf_map, lerp, step_float, wide_updates
 from jaxupdate.transforms.common import init_count, require_params
-from jaxupdate.transforms.moments import lerp
 
 
 class TorchAdafactorState(NamedTuple):
@@ -153,7 +144,7 @@ def scale_by_torch_adafactor_step(
         return TorchAdafactorStepState(init_count())
 
     def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
+        wide = wide_updates(extra_args)
         require_params(params, "adafactor")
         lr_t = resolve(lr, state.count)
         e2 = resolve(eps2, state.count)
@@ -183,9 +174,9 @@ def scale_by_torch_adafactor_step(
                 from_t = -(m * inv_sqrt_t) / denom
                 neg_alpha = jnp.where(inv_sqrt_t < lr_t, from_t, from_lr.astype(sdt))
             p_new = p * cast(factor, p) if decay else p
-            return delta(add_scaled(p_new, neg_alpha, u), p)
+            return delta(add_scaled(p_new, neg_alpha, u), p, wide)
 
-        updates = jax.tree.map(one, updates, params)
+        updates = leaf_map(one, updates, params)
         return updates, TorchAdafactorStepState(optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

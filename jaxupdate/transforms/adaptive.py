@@ -18,25 +18,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import bias_correction, cast, fused_dtype, leaf_map, resolve, step_float
+from jaxupdate._hparams import resolve
+from jaxupdate.numerics import (
+    addcmul,
+    bias_correction,
+    cast,
+    leaf_map,
+    lerp,
+    step_float,
+    true_divide,
+)
 from jaxupdate.transforms.common import init_count
-from jaxupdate.transforms.moments import lerp
-
-
-def addcmul(x, value, t1, t2):
-    """torch's ``x.addcmul(t1, t2, value=value)`` rounded as its CPU kernel rounds it.
-
-    Measured (torch 2.13, CPU, float32 and float64): the kernel is ``fma(value * t1, t2, x)``,
-    the product ``value * t1`` rounded first. float32 is emulated in float64 (exact product,
-    one rounding of the sum, then float32) when float64 is enabled; in float64 ``jit`` lets
-    XLA contract ``x + s * t2`` into the same fused multiply-add.
-    """
-    scaled = t1 if isinstance(value, float) and value == 1.0 else cast(value, t1) * t1
-    dt = x.dtype
-    wide = fused_dtype(dt)
-    if wide is None:
-        return x + scaled * t2
-    return (x.astype(wide) + scaled.astype(wide) * t2.astype(wide)).astype(dt)
 
 
 def _full_like(params, value):
@@ -125,7 +117,9 @@ def scale_by_torch_adadelta(rho=0.9, eps=1e-6) -> optax.GradientTransformationEx
 
         def delta(g, v, a):
             std = jnp.sqrt(v + cast(e, v))
-            return jnp.sqrt(a + cast(e, a)) / std * g
+            # torch: delta.div_(std).mul_(grad); a true division (XLA would rewrite
+            # sqrt(x) / sqrt(y) as sqrt(x) * rsqrt(y), another rounding)
+            return true_divide(jnp.sqrt(a + cast(e, a)), std) * g
 
         deltas = leaf_map(delta, updates, sq, state.acc_delta)
         acc = leaf_map(

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import add_scaled, cast, delta, resolve, scalar_dtype, step_float
+from jaxupdate._hparams import resolve, scalar_dtype
+from jaxupdate.numerics import add_scaled, cast, delta, leaf_map, step_float, unfused, wide_updates
 from jaxupdate.transforms.common import init_count, require_params
 from jaxupdate.transforms.nadam_radam import TORCH_SCALAR_DTYPE
 
@@ -64,8 +65,8 @@ def torch_asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6) -> optax.GradientTransfo
         )
 
     def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
         require_params(params, "asgd")
+        wide = wide_updates(extra_args)
         count = state.count
         eta = jnp.asarray(state.eta, scalar_dtype())  # _get_value(eta): the float32 value
         decay = 1 - resolve(lambd, count) * eta
@@ -75,20 +76,16 @@ def torch_asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6) -> optax.GradientTransfo
             g_r, p_r, ax_r = _as_real(g), _as_real(p), _as_real(ax)
             new = add_scaled(p_r * cast(decay, p_r), -eta, g_r)
             # ax.add_(param.sub(ax).mul_(mu)), mu a float32 tensor promoted to the dtype
-            avg = ax_r + (new - ax_r) * state.mu.astype(ax_r.dtype)
+            avg = ax_r + unfused((new - ax_r) * state.mu.astype(ax_r.dtype))
             new_ax = jnp.where(averaging, avg, new)
-            return delta(_like(new, p), p), _like(new_ax, p)
+            return delta(_like(new, p), p, wide), _like(new_ax, p)
 
-        leaves, treedef = jax.tree.flatten(updates)
-        pairs = [
-            leaf(g, p, ax)
-            for g, p, ax in zip(
-                leaves, treedef.flatten_up_to(params), treedef.flatten_up_to(state.ax),
-                strict=True,
-            )
-        ]
-        out = treedef.unflatten([u for u, _ in pairs])
-        new_ax = treedef.unflatten([a for _, a in pairs])
+        pairs = leaf_map(leaf, updates, params, state.ax)
+        treedef = jax.tree.structure(updates)
+        out, new_ax = (
+            jax.tree.unflatten(treedef, [r[i] for r in treedef.flatten_up_to(pairs)])
+            for i in range(2)
+        )
 
         step = step_float(count)
         lr_t, lambd_t = resolve(lr, count), resolve(lambd, count)

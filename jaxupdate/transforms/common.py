@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import add_scaled, cast, delta, leaf_map, resolve
+from jaxupdate._hparams import resolve
+from jaxupdate.numerics import add_scaled, cast, delta, leaf_map, scale, wide_updates
 
 
 class CountState(NamedTuple):
@@ -100,13 +101,18 @@ def add_weight_decay(weight_decay) -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def scale_by_learning_rate(lr) -> optax.GradientTransformationExtraArgs:
+def scale_by_learning_rate(lr, *, applied: bool = False) -> optax.GradientTransformationExtraArgs:
     """Turns a direction into an update: ``-lr * direction`` (torch's ``param.add_(d, alpha=-lr)``).
 
-    torch's ``add_`` with ``alpha`` rounds once (see ``add_scaled``). Given ``params``, the
-    update is returned as ``add_scaled(param, -lr, d) - param``: the subtraction is exact
-    whenever the step is smaller than the parameter (Sterbenz), and ``apply_updates`` then
-    lands on torch's rounding of the new parameter.
+    torch's ``add_`` with ``alpha`` rounds once (see ``numerics.add_scaled``). Given
+    ``params``, the update is returned as ``add_scaled(param, -lr, d) - param``: the
+    subtraction is exact whenever the step is smaller than the parameter (Sterbenz), and
+    ``apply_updates`` then lands on torch's rounding of the new parameter (always, with
+    ``tx.update(..., wide_updates=True)``: see ``numerics.delta``).
+
+    ``applied=True``: the previous block already applied ``lr`` the way torch does (the
+    ``value`` of a final ``addcdiv_``, which must multiply before dividing); updates pass
+    through and only the count advances, so the state keeps its layout.
     """
 
     def init_fn(params):
@@ -114,12 +120,16 @@ def scale_by_learning_rate(lr) -> optax.GradientTransformationExtraArgs:
         return CountState(init_count())
 
     def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
+        if applied:
+            return updates, CountState(optax.safe_increment(state.count))
         neg_lr = -resolve(lr, state.count)
+        wide = wide_updates(extra_args)
         if params is None:
             updates = leaf_map(lambda d: cast(neg_lr, d) * d, updates)
         else:
-            updates = leaf_map(lambda d, p: delta(add_scaled(p, neg_lr, d), p), updates, params)
+            updates = leaf_map(
+                lambda d, p: delta(add_scaled(p, neg_lr, d), p, wide), updates, params
+            )
         return updates, CountState(optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -139,10 +149,11 @@ def decoupled_weight_decay(lr, weight_decay) -> optax.GradientTransformationExtr
         return CountState(init_count())
 
     def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
         require_params(params, "decoupled weight_decay")
+        wide = wide_updates(extra_args)
         factor = 1.0 - resolve(lr, state.count) * resolve(weight_decay, state.count)
-        updates = leaf_map(lambda u, p: delta(p * cast(factor, p) + u, p), updates, params)
+        # torch: param.mul_(factor) rounds before the step is added (no fused multiply-add)
+        updates = leaf_map(lambda u, p: delta(scale(p, factor) + u, p, wide), updates, params)
         return updates, CountState(optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

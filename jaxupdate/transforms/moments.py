@@ -8,30 +8,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import bias_correction, cast, is_number, leaf_map, resolve, step_float
+from jaxupdate._hparams import resolve
+from jaxupdate.numerics import (
+    addcdiv_term,
+    addcmul,
+    bias_correction,
+    cast,
+    ema_square,
+    leaf_map,
+    lerp,
+    step_float,
+    true_divide,
+)
 from jaxupdate.transforms.common import init_count
-
-
-def lerp(start, end, weight):
-    """torch's ``start.lerp_(end, weight)`` on CPU, formula for formula.
-
-    ATen picks ``start + w * (end - start)`` when ``|w| < 0.5`` and
-    ``end - (end - start) * (1 - w)`` otherwise; the two round differently.
-    """
-    if is_number(weight):
-        if abs(weight) < 0.5:
-            return start + cast(weight, start) * (end - start)
-        # the kernel casts the weight to the dtype first, then takes 1 - w in that dtype
-        return end - (end - start) * (1 - cast(weight, start))
-    w = cast(weight, start)
-    small = start + w * (end - start)
-    large = end - (end - start) * (1 - w)
-    return jnp.where(jnp.abs(w) < 0.5, small, large)
-
-
-def ema_square(avg, g, decay):
-    """torch's ``avg.mul_(decay).addcmul_(g, g, value=1 - decay)``."""
-    return avg * cast(decay, avg) + cast(1.0 - decay, g) * g * g
 
 
 class TorchAdamState(NamedTuple):
@@ -42,13 +31,18 @@ class TorchAdamState(NamedTuple):
 
 
 def scale_by_torch_adam(
-    betas=(0.9, 0.999), eps=1e-8, amsgrad: bool = False
+    betas=(0.9, 0.999), eps=1e-8, amsgrad: bool = False, *, lr=None
 ) -> optax.GradientTransformationExtraArgs:
     """Adam's direction ``(m / bc1) / (sqrt(v_hat) / sqrt(bc2) + eps)``, ``_single_tensor_adam``.
 
     ``m.lerp_(g, 1 - beta1)``; ``v = v * beta2 + (1 - beta2) * g * g``; with ``amsgrad`` the
     running maximum is taken of the raw ``v`` (before bias correction, unlike optax's
     ``amsgrad``), then bias-corrected. Bias corrections use ``step = count + 1``.
+
+    With ``lr``, the output is torch's step itself, ``((-lr / bc1) * m) / denom`` with
+    ``denom = sqrt(v) / sqrt(bc2) + eps`` (``param.addcdiv_(exp_avg, denom, value=-lr / bc1)``,
+    each operation rounded as torch's CPU kernels: see ``numerics.addcdiv_term``), for
+    ``apply_updates`` to add; follow it with ``scale_by_learning_rate(lr, applied=True)``.
     """
     beta1, beta2 = betas
 
@@ -62,7 +56,7 @@ def scale_by_torch_adam(
         b2 = resolve(beta2, state.count)
         e = resolve(eps, state.count)
         step = step_float(state.count)
-        inv_bc1 = 1.0 / bias_correction(b1, step)
+        bc1 = bias_correction(b1, step)
         bc2_sqrt = jnp.sqrt(bias_correction(b2, step))
 
         mu = leaf_map(lambda m, g: lerp(m, g, 1.0 - b1), state.exp_avg, updates)
@@ -72,9 +66,13 @@ def scale_by_torch_adam(
         else:
             nu_max = None
 
+        # torch: step_size = lr / bias_correction1, in Python double precision
+        value = (1.0 / bc1) if lr is None else -(resolve(lr, state.count) / bc1)
+
         def direction(m, v):
-            denom = jnp.sqrt(v) / cast(bc2_sqrt, v) + cast(e, v)
-            return (cast(inv_bc1, m) * m) / denom
+            # torch: (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps), a true division
+            denom = true_divide(jnp.sqrt(v), cast(bc2_sqrt, v)) + cast(e, v)
+            return addcdiv_term(value, m, denom)
 
         out = leaf_map(direction, mu, nu_max if amsgrad else nu)
         return out, TorchAdamState(optax.safe_increment(state.count), mu, nu, nu_max)
@@ -88,11 +86,14 @@ class TorchRMSState(NamedTuple):
     grad_avg: Optional[optax.Updates]
 
 
-def scale_by_torch_rms(alpha=0.99, eps=1e-8, centered: bool = False):
+def scale_by_torch_rms(alpha=0.99, eps=1e-8, centered: bool = False, *, lr=None):
     """RMSprop's direction ``g / (sqrt(square_avg [- grad_avg**2]) + eps)``, eps outside the sqrt.
 
     ``square_avg = square_avg * alpha + (1 - alpha) * g * g``; with ``centered``,
     ``grad_avg.lerp_(g, 1 - alpha)`` and the variance ``square_avg - grad_avg**2`` is used.
+    With ``lr`` (RMSprop without momentum), the output is torch's step itself,
+    ``param.addcdiv_(grad, avg, value=-lr)``: ``(-lr * g) / avg``; follow it with
+    ``scale_by_learning_rate(lr, applied=True)``.
     """
 
     def init_fn(params):
@@ -106,11 +107,13 @@ def scale_by_torch_rms(alpha=0.99, eps=1e-8, centered: bool = False):
         sq = leaf_map(lambda s, g: ema_square(s, g, a), state.square_avg, updates)
         if centered:
             ga = leaf_map(lambda m, g: lerp(m, g, 1.0 - a), state.grad_avg, updates)
-            avg = leaf_map(lambda s, m: jnp.sqrt(s - m * m), sq, ga)
+            # torch: square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+            avg = leaf_map(lambda s, m: jnp.sqrt(addcmul(s, -1.0, m, m)), sq, ga)
         else:
             ga = None
             avg = leaf_map(jnp.sqrt, sq)
-        out = leaf_map(lambda g, d: g / (d + cast(e, d)), updates, avg)
+        value = 1.0 if lr is None else -resolve(lr, state.count)
+        out = leaf_map(lambda g, d: addcdiv_term(value, g, d + cast(e, d)), updates, avg)
         return out, TorchRMSState(optax.safe_increment(state.count), sq, ga)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

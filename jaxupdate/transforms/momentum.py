@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import add_scaled, leaf_map, mul_scalar, resolve
+from jaxupdate._hparams import resolve
+from jaxupdate.numerics import add_scaled, leaf_map, mul_scalar
 from jaxupdate.transforms.common import init_count
 
 

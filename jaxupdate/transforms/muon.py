@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import add_scaled, cast, delta, is_schedule, is_static_zero, resolve
+from jaxupdate._hparams import is_schedule, is_static_zero, resolve
+from jaxupdate.numerics import add_scaled, cast, delta, leaf_map, lerp, wide_updates
 from jaxupdate.transforms.common import init_count, require_params
-from jaxupdate.transforms.moments import lerp
 
 # torch's defaults (Keller Jordan's Muon)
 EPS = 1e-7
@@ -145,13 +145,13 @@ def scale_by_torch_muon(
 
         # Weights go to lerp in the gradient's dtype, so that 1 - w is taken in that dtype
         # (torch's CPU lerp casts its Python weight to the tensor's dtype first).
-        bufs = jax.tree.map(lambda b, g: lerp(b, g, cast(1.0 - mom, g)), state.momentum_buffer,
+        bufs = leaf_map(lambda b, g: lerp(b, g, cast(1.0 - mom, g)), state.momentum_buffer,
                             updates)
         if nesterov:
-            directions = jax.tree.map(lambda g, b: lerp(g, b, cast(mom, g)), updates, bufs)
+            directions = leaf_map(lambda g, b: lerp(g, b, cast(mom, g)), updates, bufs)
         else:
             directions = bufs
-        out = jax.tree.map(
+        out = leaf_map(
             lambda u: zeropower_via_newtonschulz(u, coefs, ns_steps, e).astype(u.dtype),
             directions,
         )
@@ -185,7 +185,7 @@ def scale_by_muon_lr(lr=1e-3, weight_decay=0.1, adjust_lr_fn: Optional[str] = No
         return ScaleByMuonLrState(init_count())
 
     def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
+        wide = wide_updates(extra_args)
         require_params(params, "muon")
         lr_t = resolve(lr, state.count)
         if lr_dtype is not None:
@@ -200,9 +200,9 @@ def scale_by_muon_lr(lr=1e-3, weight_decay=0.1, adjust_lr_fn: Optional[str] = No
             p_new = p * cast(factor, p) if decay else p
             ratio = adjust_lr_ratio(adjust_lr_fn, p.shape)
             adjusted_lr = lr_t * (ratio if lr_dtype is None else jnp.asarray(ratio, lr_dtype))
-            return delta(add_scaled(p_new, -adjusted_lr, o), p)
+            return delta(add_scaled(p_new, -adjusted_lr, o), p, wide)
 
-        updates = jax.tree.map(one, updates, params)
+        updates = leaf_map(one, updates, params)
         return updates, ScaleByMuonLrState(optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -18,17 +18,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import (
+from jaxupdate._hparams import is_number, resolve, scalar_dtype
+from jaxupdate.numerics import (
+    addcdiv_term,
     bias_correction,
     cast,
     delta,
-    is_number,
-    resolve,
-    scalar_dtype,
+    ema_square,
+    leaf_map,
+    lerp,
+    scale,
     step_float,
+    true_divide,
+    unfused,
+    wide_updates,
 )
 from jaxupdate.transforms.common import init_count
-from jaxupdate.transforms.moments import ema_square, lerp
 
 # torch keeps ``step`` and NAdam's ``mu_product`` as tensors of ``_get_scalar_dtype()``:
 # float32 under torch's default dtype. ``mu_product *= mu`` therefore rounds to float32 at
@@ -45,7 +50,8 @@ def _base(params, lr, weight_decay):
     if weight_decay is None:
         return params
     factor = 1.0 - lr * weight_decay
-    return jax.tree.map(lambda p: p * cast(factor, p), params)
+    # rounded before the step is added, as torch's in-place mul_ (no fused multiply-add)
+    return leaf_map(lambda p: scale(p, factor), params)
 
 
 class TorchNAdamState(NamedTuple):
@@ -82,7 +88,7 @@ def scale_by_torch_nadam(
         )
 
     def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
+        wide = wide_updates(extra_args)
         count = state.count
         b1, b2 = resolve(beta1, count), resolve(beta2, count)
         lr_t, e, md = resolve(lr, count), resolve(eps, count), resolve(momentum_decay, count)
@@ -96,15 +102,16 @@ def scale_by_torch_nadam(
         coef_grad = (-lr_t * (1.0 - mu)) / (1.0 - mp)
         coef_avg = (-lr_t * mu_next) / (1.0 - mp * mu_next)
 
-        exp_avg = jax.tree.map(lambda m, g: lerp(m, g, 1.0 - b1), state.exp_avg, updates)
-        exp_avg_sq = jax.tree.map(lambda v, g: ema_square(v, g, b2), state.exp_avg_sq, updates)
-        denoms = jax.tree.map(
-            lambda v: jnp.sqrt(v / cast(bc2, v)) + cast(e, v), exp_avg_sq
+        exp_avg = leaf_map(lambda m, g: lerp(m, g, 1.0 - b1), state.exp_avg, updates)
+        exp_avg_sq = leaf_map(lambda v, g: ema_square(v, g, b2), state.exp_avg_sq, updates)
+        denoms = leaf_map(
+            # torch: exp_avg_sq.div(bias_correction2).sqrt(), a true division
+            lambda v: jnp.sqrt(true_divide(v, cast(bc2, v))) + cast(e, v), exp_avg_sq
         )
 
         # torch's addcdiv_: param + (value * t1) / t2, one addcdiv_ after the other
         def term(coef, t, d):
-            return (cast(coef, t) * t) / d
+            return addcdiv_term(coef, t, d)
 
         new_state = TorchNAdamState(optax.safe_increment(count), mu_product, exp_avg, exp_avg_sq)
         if params is None:
@@ -113,15 +120,15 @@ def scale_by_torch_nadam(
                     "decoupled weight_decay needs the current parameters: "
                     "call tx.update(grads, opt_state, params)"
                 )
-            out = jax.tree.map(
+            out = leaf_map(
                 lambda g, m, d: term(coef_grad, g, d) + term(coef_avg, m, d),
                 updates, exp_avg, denoms,
             )
             return out, new_state
         wd = None if decoupled_weight_decay is None else resolve(decoupled_weight_decay, count)
         base = _base(params, lr_t, wd)
-        out = jax.tree.map(
-            lambda b, p, g, m, d: delta(b + term(coef_grad, g, d) + term(coef_avg, m, d), p),
+        out = leaf_map(
+            lambda b, p, g, m, d: delta(b + term(coef_grad, g, d) + term(coef_avg, m, d), p, wide),
             base, params, updates, exp_avg, denoms,
         )
         return out, new_state
@@ -215,7 +222,7 @@ def scale_by_torch_radam(
         return TorchRAdamState(init_count(), _zeros(params), _zeros(params))
 
     def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
+        wide = wide_updates(extra_args)
         count = state.count
         b1, b2 = resolve(beta1, count), resolve(beta2, count)
         lr_t, e = resolve(lr, count), resolve(eps, count)
@@ -230,16 +237,18 @@ def scale_by_torch_radam(
         )
         rect = jnp.sqrt(jnp.where(adaptive, ratio, 1.0))
 
-        exp_avg = jax.tree.map(lambda m, g: lerp(m, g, 1.0 - b1), state.exp_avg, updates)
-        exp_avg_sq = jax.tree.map(lambda v, g: ema_square(v, g, b2), state.exp_avg_sq, updates)
+        exp_avg = leaf_map(lambda m, g: lerp(m, g, 1.0 - b1), state.exp_avg, updates)
+        exp_avg_sq = leaf_map(lambda v, g: ema_square(v, g, b2), state.exp_avg_sq, updates)
 
         def step_of(m, v):
-            sgd_like = (m / cast(bc1, m)) * cast(lr_t, m)
+            # torch: exp_avg / bias_correction1 (a true division), then * lr
+            sgd_like = true_divide(m, cast(bc1, m)) * cast(lr_t, m)
             inv = 1 / (jnp.sqrt(v) + cast(e, v))  # torch: float / tensor = reciprocal * float
             rectified = (sgd_like * (inv * cast(bc2_sqrt, v))) * cast(rect, m)
-            return jnp.where(adaptive, rectified, sgd_like)
+            # rounded before param.add_(step, alpha=-1.0) subtracts it (no fused multiply-add)
+            return unfused(jnp.where(adaptive, rectified, sgd_like))
 
-        steps = jax.tree.map(step_of, exp_avg, exp_avg_sq)
+        steps = leaf_map(step_of, exp_avg, exp_avg_sq)
         new_state = TorchRAdamState(optax.safe_increment(count), exp_avg, exp_avg_sq)
         if params is None:
             if decoupled_weight_decay is not None:
@@ -247,11 +256,11 @@ def scale_by_torch_radam(
                     "decoupled weight_decay needs the current parameters: "
                     "call tx.update(grads, opt_state, params)"
                 )
-            return jax.tree.map(jnp.negative, steps), new_state
+            return leaf_map(jnp.negative, steps), new_state
         wd = None if decoupled_weight_decay is None else resolve(decoupled_weight_decay, count)
         base = _base(params, lr_t, wd)
         # torch: param.add_(step, alpha=-1.0), i.e. base - step rounded once
-        out = jax.tree.map(lambda b, p, s: delta(b - s, p), base, params, steps)
+        out = leaf_map(lambda b, p, s: delta(b - s, p, wide), base, params, steps)
         return out, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
