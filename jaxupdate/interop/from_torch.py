@@ -100,7 +100,7 @@ from jaxupdate.lr_scheduler._base import Schedule, as_count, as_float
 from jaxupdate.lr_scheduler.basic import LambdaLR, MultiplicativeLR
 from jaxupdate.param_groups import (
     ParamGroupsState,
-    _constructor_only,
+    constructor_only,
     leaf_paths,
     param_groups,
 )
@@ -190,7 +190,7 @@ def _schedule(s, g: int, group: dict) -> Schedule:
         base = float(base)
     # a Python lambda is probed at the scheduler's position (a resumed scheduler may never
     # have called it at 0)
-    probe = max(_last_epoch(s), 0)
+    probe = max(torch_last_epoch(s), 0)
     if name == "LambdaLR":
         return LambdaLR(base, s.lr_lambdas[g], probe)
     if name == "MultiplicativeLR":
@@ -229,7 +229,7 @@ def _schedule(s, g: int, group: dict) -> Schedule:
     raise NotImplementedError(f"no jaxupdate schedule for torch scheduler {name}")
 
 
-class _Positioned(Schedule):
+class Positioned(Schedule):
     """``inner`` continued from torch's position: at update ``count`` (``count >= start``,
     the optimizer's count when converted), the scheduler has stepped
     ``epoch + (count - start) // steps_per_epoch`` times."""
@@ -238,7 +238,7 @@ class _Positioned(Schedule):
         self.inner, self.start, self.epoch, self.every = inner, start, epoch, steps_per_epoch
         self.lr, self.torch_name, self.absolute = inner.lr, inner.torch_name, inner.absolute
         if inner.momentum is not None:
-            self.momentum = _Positioned(inner.momentum, start, epoch, steps_per_epoch)
+            self.momentum = Positioned(inner.momentum, start, epoch, steps_per_epoch)
         self._repr_args = {"schedule": inner, "start": start, "last_epoch": epoch,
                            "steps_per_epoch": steps_per_epoch}
 
@@ -255,11 +255,11 @@ class _Positioned(Schedule):
         return self.inner._next(lr, self._at(t))
 
 
-def _last_epoch(s) -> int:
+def torch_last_epoch(s) -> int:
     """torch's ``last_epoch`` (ChainedScheduler keeps none: its members all have the same)."""
     if hasattr(s, "last_epoch"):
         return int(s.last_epoch)
-    return _last_epoch(s._schedulers[-1])
+    return torch_last_epoch(s._schedulers[-1])
 
 
 def _steps_taken(spec, entries: list) -> int:
@@ -371,23 +371,23 @@ def from_torch(
     # the groups' fresh states from its defaults for them
     ctor = {
         k: _value(optimizer.defaults[k])
-        for k in _constructor_only(fn)
+        for k in constructor_only(fn)
         if k in getattr(optimizer, "defaults", {})
     }
-    plateau = scheduler is not None and type(scheduler).__name__ == "ReduceLROnPlateau"
+    plateau = T.is_plateau_scheduler(scheduler)
     if scheduler is not None and getattr(scheduler, "optimizer", optimizer) is not optimizer:
         raise ValueError("the scheduler belongs to another optimizer")
 
     if scheduler is not None and not plateau:
-        epoch = _last_epoch(scheduler)
+        epoch = torch_last_epoch(scheduler)
         for g, (group, kw) in enumerate(zip(groups, kwargs)):
             start = _steps_taken(spec, entries[g])
             sched = _schedule(scheduler, g, group)
             if steps_per_epoch is not None:
                 sched = per_epoch(sched, steps_per_epoch)
-                sched = _Positioned(sched, start, epoch * every, 1)
+                sched = Positioned(sched, start, epoch * every, 1)
             else:
-                sched = _Positioned(sched, start, epoch, 1)
+                sched = Positioned(sched, start, epoch, 1)
             _check_lr(sched, start, group, g)
             kw["lr"] = sched
             if sched.momentum is not None:

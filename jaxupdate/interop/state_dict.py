@@ -58,7 +58,9 @@ import numpy as np
 from jaxupdate._described import Description, description
 from jaxupdate._hparams import is_number, is_schedule, resolve
 from jaxupdate.interop import _torch as T
-from jaxupdate.lr_scheduler.inject import _plain_view
+from jaxupdate.lr_scheduler.inject import plain_view
+from jaxupdate.optim.lbfgs import LBFGSState
+from jaxupdate.optim.sparse_adam import SparseAdamState
 from jaxupdate.param_groups import GroupsDescription, assign, leaf_paths
 
 
@@ -90,11 +92,13 @@ class CustomState(NamedTuple):
 
     ``export(state, leaves, count) -> {container position: torch entry}`` and
     ``load(state, entries, leaves, step) -> state`` for one group, ``entries`` being torch's
-    per-parameter dicts in the group's order.
+    per-parameter dicts in the group's order. ``state_type``: the NamedTuple class of the
+    optimizer's state, found in a group's state by ``isinstance``.
     """
 
     export: Callable
     load: Callable
+    state_type: type
 
 
 def _find(node, pred):
@@ -111,7 +115,7 @@ def _find(node, pred):
 def _replace_found(node, pred, new):
     if pred(node):
         return new
-    if _is_namedtuple(node):
+    if is_namedtuple(node):
         return node._replace(
             **{f: _replace_found(getattr(node, f), pred, new) for f in node._fields}
         )
@@ -121,7 +125,7 @@ def _replace_found(node, pred, new):
 
 
 def _is_lbfgs(x) -> bool:
-    return _is_namedtuple(x) and "old_dirs" in x._fields and "prev_flat_grad" in x._fields
+    return isinstance(x, LBFGSState)
 
 
 def _lbfgs_export(gstate, leaves, count) -> dict:
@@ -204,7 +208,7 @@ def _lbfgs_load(gstate, entries, leaves, step):
 
 
 def _is_sparse_adam(x) -> bool:
-    return _is_namedtuple(x) and type(x).__name__ == "SparseAdamState"
+    return isinstance(x, SparseAdamState)
 
 
 def _sparse_adam_export(gstate, leaves, count) -> dict:
@@ -285,7 +289,7 @@ TORCH_OPTIMIZERS: dict[str, TorchOptimizer] = {
     "jaxupdate.optim.sparse_adam.sparse_adam": TorchOptimizer(
         "SparseAdam",
         ("step", "exp_avg", "exp_avg_sq"),
-        custom=CustomState(_sparse_adam_export, _sparse_adam_load),
+        custom=CustomState(_sparse_adam_export, _sparse_adam_load, SparseAdamState),
     ),
     "jaxupdate.optim.lbfgs.lbfgs": TorchOptimizer(
         "LBFGS",
@@ -302,7 +306,7 @@ TORCH_OPTIMIZERS: dict[str, TorchOptimizer] = {
             "prev_flat_grad",
             "prev_loss",
         ),
-        custom=CustomState(_lbfgs_export, _lbfgs_load),
+        custom=CustomState(_lbfgs_export, _lbfgs_load, LBFGSState),
     ),
 }
 
@@ -339,7 +343,9 @@ def _group(kwargs, members) -> _Group:
     return _Group(kwargs, members, list(range(n)), [None] * n)
 
 
-class _Layout(NamedTuple):
+class StateLayout(NamedTuple):
+    """Where a transformation's torch groups and parameters are (from :func:`state_layout`)."""
+
     spec: Optional[TorchOptimizer]
     name: str
     grouped: bool  # a param_groups() state (ParamGroupsState) or a plain optimizer state
@@ -385,19 +391,32 @@ def _spec_for(qualname: str, name: str) -> TorchOptimizer:
     return spec
 
 
-def _layout(tx, params, *, need_description: bool) -> _Layout:
+def state_layout(tx, params, *, need_description: bool) -> StateLayout:
+    """The torch view of ``tx`` over ``params``: optimizer class, groups and their leaves.
+
+    ``need_description``: raise a ``TypeError`` for a transformation that does not say which
+    optimizer it is (otherwise it is one group of every leaf, with no torch class).
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> from jaxupdate.optim.adam import adam
+        >>> layout = state_layout(adam(lr=0.1), [jnp.ones(2)], need_description=True)
+        >>> layout.spec.torch_class, layout.groups[0].members
+        ('Adam', [0])
+    """
     desc = description(tx)
     if isinstance(desc, GroupsDescription):
         paths, leaves, _, members = assign(desc, params)
         groups = [_group(g.kwargs, m) for g, m in zip(desc.groups, members)]
         spec = _spec_for(desc.qualname, desc.name)
-        return _Layout(spec, desc.name, True, desc.whole, groups, paths, leaves)
+        return StateLayout(spec, desc.name, True, desc.whole, groups, paths, leaves)
     paths, leaves, _ = leaf_paths(params)
     everything = list(range(len(leaves)))
     if isinstance(desc, Description):
         spec = _spec_for(desc.qualname, desc.name)
         groups = [_group(desc.kwargs, everything)]
-        return _Layout(spec, desc.name, False, False, groups, paths, leaves)
+        return StateLayout(spec, desc.name, False, False, groups, paths, leaves)
     if need_description:
         raise TypeError(
             "this transformation does not say which optimizer it is or its hyperparameters, "
@@ -406,7 +425,7 @@ def _layout(tx, params, *, need_description: bool) -> _Layout:
             "with jaxupdate._described.described(ju.adam)(lr=...)"
         )
     groups = [_group(None, everything)]
-    return _Layout(None, "the transformation", False, False, groups, paths, leaves)
+    return StateLayout(None, "the transformation", False, False, groups, paths, leaves)
 
 
 def _parse_link(entry):
@@ -423,7 +442,7 @@ def _parse_link(entry):
     )
 
 
-def _apply_param_map(layout: _Layout, param_map) -> _Layout:
+def apply_param_map(layout: StateLayout, param_map) -> StateLayout:
     """Puts the groups' parameters in the torch order that ``param_map`` gives."""
     links = [_parse_link(e) for e in param_map]
     index = {p: i for i, p in enumerate(layout.paths)}
@@ -453,20 +472,20 @@ def _apply_param_map(layout: _Layout, param_map) -> _Layout:
     return layout._replace(groups=groups)
 
 
-def _group_state(layout: _Layout, opt_state, g: int):
+def _group_state(layout: StateLayout, opt_state, g: int):
     if layout.grouped:
         return opt_state.groups[g]
     return opt_state
 
 
-def _group_container(layout: _Layout, params, g: int):
+def _group_container(layout: StateLayout, params, g: int):
     """The params container the group's optimizer sees (its treedef maps state to leaves)."""
     if layout.grouped and not layout.whole:
         return [layout.leaves[i] for i in layout.groups[g].members]
     return params
 
 
-def _unwrap(tree):
+def unwrap_nnx(tree):
     """``tree`` with flax nnx ``Variable`` nodes replaced by their values.
 
     ``nnx.state(model, nnx.Param)`` holds ``Param`` nodes and ``nnx.Optimizer`` keeps its
@@ -499,7 +518,7 @@ def _rewrap(like, tree):
 
 def opt_state_from_nnx(optimizer):
     """The optax state inside an ``nnx.Optimizer``, as plain arrays (for torch_state_dict)."""
-    return _unwrap(optimizer.opt_state)
+    return unwrap_nnx(optimizer.opt_state)
 
 
 def opt_state_into_nnx(optimizer, opt_state) -> None:
@@ -537,7 +556,9 @@ def opt_state_into_nnx(optimizer, opt_state) -> None:
             return var
         return value
 
-    optimizer.opt_state = jax.tree.map(put, optimizer.opt_state, _unwrap(opt_state), is_leaf=is_var)
+    optimizer.opt_state = jax.tree.map(
+        put, optimizer.opt_state, unwrap_nnx(opt_state), is_leaf=is_var
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,7 +572,8 @@ class _Unknown(Exception):
 _RECURSE = object()
 
 
-def _is_namedtuple(x) -> bool:
+def is_namedtuple(x) -> bool:
+    """Whether ``x`` is a NamedTuple instance (the node type of optimizer states)."""
     return isinstance(x, tuple) and hasattr(x, "_fields")
 
 
@@ -567,7 +589,7 @@ def _walk(node, on_field: Callable, where: str = "state"):
     """
     if node is None:
         return None
-    if _is_namedtuple(node):
+    if is_namedtuple(node):
         new = {}
         for f in node._fields:
             v = getattr(node, f)
@@ -590,7 +612,7 @@ def _keys(spec: Optional[TorchOptimizer]):
     return spec.state_keys, spec.scalar_keys
 
 
-def _unknown_field_error(layout: _Layout, where: str):
+def _unknown_field_error(layout: StateLayout, where: str):
     return ValueError(
         f"{layout.name}'s state holds {where}, which has no torch counterpart known to "
         "jaxupdate.interop (its fields must be named after torch's state keys; see "
@@ -598,7 +620,7 @@ def _unknown_field_error(layout: _Layout, where: str):
     )
 
 
-def _read_group(layout: _Layout, gstate, container) -> tuple[list, list[dict], dict]:
+def _read_group(layout: StateLayout, gstate, container) -> tuple[list, list[dict], dict]:
     """``(counts, per-position {key: array}, scalars {key: array})`` of one group's state."""
     keys, scalar_keys = _keys(layout.spec)
     treedef = jax.tree.structure(container)
@@ -630,7 +652,7 @@ def _read_group(layout: _Layout, gstate, container) -> tuple[list, list[dict], d
     return counts, per_param, scalars
 
 
-def _common_count(layout: _Layout, counts: list, g: int) -> int:
+def _common_count(layout: StateLayout, counts: list, g: int) -> int:
     if len(set(counts)) > 1:
         raise ValueError(
             f"param group {g} of {layout.name}: its blocks disagree on the number of updates "
@@ -683,7 +705,7 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _check_group(layout: _Layout, g: int, kwargs: dict, saved: dict, strict: bool):
+def _check_group(layout: StateLayout, g: int, kwargs: dict, saved: dict, strict: bool):
     # scheduled values are skipped below, so the count they are read at does not matter
     expected = _torch_group(layout.spec, kwargs, 0)
     cls = f"torch.optim.{layout.spec.torch_class}"
@@ -815,11 +837,11 @@ def load_torch_state_dict(
         (1, [0.10000000149011612, 0.10000000149011612, 0.10000000149011612])
     """
     wrapped = tx.init(params)
-    template = _unwrap(wrapped)
-    params = _unwrap(params)
-    layout = _layout(tx, params, need_description=False)
+    template = unwrap_nnx(wrapped)
+    params = unwrap_nnx(params)
+    layout = state_layout(tx, params, need_description=False)
     if param_map is not None:
-        layout = _apply_param_map(layout, param_map)
+        layout = apply_param_map(layout, param_map)
     saved_groups = list(state_dict["param_groups"])
     saved_state = state_dict["state"]
     if len(saved_groups) != len(layout.groups):
@@ -983,12 +1005,12 @@ def torch_state_dict(tx, opt_state, params, *, param_map: Optional[Sequence] = N
         (0.1, 0.9)
     """
     torch = T.torch()
-    params, opt_state = _unwrap(params), _unwrap(opt_state)
+    params, opt_state = unwrap_nnx(params), unwrap_nnx(opt_state)
     # inject_hyperparams: the injected values (torch's group entries) and the inner state
-    tx, opt_state = _plain_view(tx, opt_state)
-    layout = _layout(tx, params, need_description=True)
+    tx, opt_state = plain_view(tx, opt_state)
+    layout = state_layout(tx, params, need_description=True)
     if param_map is not None:
-        layout = _apply_param_map(layout, param_map)
+        layout = apply_param_map(layout, param_map)
     spec = layout.spec
     keys, scalar_keys = _keys(spec)
     state, groups, next_id = {}, [], 0
@@ -999,7 +1021,7 @@ def torch_state_dict(tx, opt_state, params, *, param_map: Optional[Sequence] = N
         next_id += len(group.members)
         if spec.custom is not None:
             _custom_checks(layout, group)
-            count = int(_find(gstate, lambda x: _is_namedtuple(x) and "count" in x._fields).count)
+            count = int(_find(gstate, lambda x: isinstance(x, spec.custom.state_type)).count)
             groups.append({**_torch_group(spec, group.kwargs, count), "params": ids})
             leaves = [layout.leaves[i] for i in group.members]
             for pos, entry in spec.custom.export(gstate, leaves, count).items():
@@ -1027,7 +1049,7 @@ def torch_state_dict(tx, opt_state, params, *, param_map: Optional[Sequence] = N
     return {"state": state, "param_groups": groups}
 
 
-def _custom_checks(layout: _Layout, group: _Group):
+def _custom_checks(layout: StateLayout, group: _Group):
     if len(layout.groups) != 1:
         raise ValueError(
             f"torch's {layout.spec.torch_class} doesn't support per-parameter options "
