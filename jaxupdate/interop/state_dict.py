@@ -42,7 +42,9 @@ exported one. A plain undescribed transformation can still be loaded into (one g
 keys checked, hyperparameters not) but not exported.
 
 :data:`TORCH_OPTIMIZERS` lists the supported optimizers; a new one whose state fields carry
-torch's key names needs one line there.
+torch's key names needs one line there. The conversion is a generic walk over the state's
+NamedTuples; a state of another shape (LBFGS, SparseAdam) is converted by functions in its
+optimizer's module, named in its line (:class:`CustomState`).
 """
 
 from __future__ import annotations
@@ -59,8 +61,12 @@ from jaxupdate._described import Description, description
 from jaxupdate._hparams import is_number, is_schedule, resolve
 from jaxupdate.interop import _torch as T
 from jaxupdate.lr_scheduler.inject import plain_view
-from jaxupdate.optim.lbfgs import LBFGSState
-from jaxupdate.optim.sparse_adam import SparseAdamState
+from jaxupdate.optim.lbfgs import LBFGSState, lbfgs_state_from_torch, lbfgs_state_to_torch
+from jaxupdate.optim.sparse_adam import (
+    SparseAdamState,
+    sparse_adam_state_from_torch,
+    sparse_adam_state_to_torch,
+)
 from jaxupdate.param_groups import GroupsDescription, assign, leaf_paths
 
 
@@ -88,12 +94,13 @@ class TorchOptimizer(NamedTuple):
 
 
 class CustomState(NamedTuple):
-    """Conversion of a state that is not a set of per-parameter buffers (LBFGS).
+    """Conversion of a state that is not a set of per-parameter buffers (LBFGS, SparseAdam).
 
-    ``export(state, leaves, count) -> {container position: torch entry}`` and
-    ``load(state, entries, leaves, step) -> state`` for one group, ``entries`` being torch's
-    per-parameter dicts in the group's order. ``state_type``: the NamedTuple class of the
-    optimizer's state, found in a group's state by ``isinstance``.
+    ``state_type``: the NamedTuple class of the optimizer's state, found in a group's state
+    by ``isinstance`` and given to ``export(state, leaves, count) -> {container position:
+    torch entry}`` and ``load(state, entries, leaves, step) -> state`` (one group,
+    ``entries`` being torch's per-parameter dicts in the group's order). The converters live
+    with their optimizers (``jaxupdate.optim.lbfgs``, ``jaxupdate.optim.sparse_adam``).
     """
 
     export: Callable
@@ -112,6 +119,19 @@ def _find(node, pred):
     return None
 
 
+def _own_state(gstate, custom: CustomState):
+    """The optimizer's own state (a ``custom.state_type``) inside a group's state."""
+    found = _find(gstate, lambda x: isinstance(x, custom.state_type))
+    if found is None:
+        raise ValueError(f"the state holds no {custom.state_type.__name__}")
+    return found
+
+
+def _replace_state(gstate, custom: CustomState, new):
+    """``gstate`` with its ``custom.state_type`` state replaced by ``new``."""
+    return _replace_found(gstate, lambda x: isinstance(x, custom.state_type), new)
+
+
 def _replace_found(node, pred, new):
     if pred(node):
         return new
@@ -124,144 +144,11 @@ def _replace_found(node, pred, new):
     return node
 
 
-def _is_lbfgs(x) -> bool:
-    return isinstance(x, LBFGSState)
-
-
-def _lbfgs_export(gstate, leaves, count) -> dict:
-    """torch keeps LBFGS's global state on the group's first parameter."""
-    st = _find(gstate, _is_lbfgs)
-    if count == 0:
-        return {}
-    size, n = int(st.ro.shape[0]), int(st.history_len)
-    slots = [(int(st.history_start) + i) % size for i in range(n)]
-    entry = {"func_evals": int(st.func_evals), "n_iter": int(st.n_iter)}
-    if int(st.n_iter) >= 2:  # torch creates its scratch list at the first L-BFGS direction
-        entry["al"] = [T.to_tensor(st.al[i]) if i < n else None for i in range(size)]
-    entry.update(
-        {
-            "d": T.to_tensor(st.d),
-            "t": float(st.t),
-            "old_dirs": [T.to_tensor(st.old_dirs[s]) for s in slots],
-            "old_stps": [T.to_tensor(st.old_stps[s]) for s in slots],
-            "ro": [T.to_tensor(st.ro[s]) for s in slots],
-            "H_diag": T.to_tensor(st.H_diag),
-            "prev_flat_grad": T.to_tensor(st.prev_flat_grad),
-            "prev_loss": float(st.prev_loss),
-        }
-    )
-    return {0: entry}
-
-
-def _lbfgs_load(gstate, entries, leaves, step):
-    st = _find(gstate, _is_lbfgs)
-    entry = entries[0] if entries else {}
-    if any(entries[1:]):
-        raise ValueError("torch keeps LBFGS's state on the first parameter only")
-    if not entry:
-        return gstate
-    size = int(st.ro.shape[0])
-    old_dirs = list(entry.get("old_dirs", []))
-    if len(old_dirs) > size:
-        raise ValueError(
-            f"the state_dict holds {len(old_dirs)} curvature pairs, history_size is {size}"
-        )
-
-    def vec(x, like):
-        a = T.to_numpy(x)
-        if a.shape != tuple(like.shape):
-            raise ValueError(f"LBFGS state of shape {a.shape}, expected {tuple(like.shape)}")
-        return jnp.asarray(a, like.dtype)
-
-    def scalar(x, like):
-        return jnp.asarray(float(np.asarray(T.to_numpy(x)).reshape(())), like.dtype)
-
-    new = st
-    n = len(old_dirs)
-    if n:
-        new = new._replace(
-            old_dirs=new.old_dirs.at[:n].set(jnp.stack([vec(x, st.d) for x in old_dirs])),
-            old_stps=new.old_stps.at[:n].set(jnp.stack([vec(x, st.d) for x in entry["old_stps"]])),
-            ro=new.ro.at[:n].set(jnp.stack([scalar(x, st.ro[0]) for x in entry["ro"]])),
-        )
-    al = entry.get("al") or []
-    al_values = [scalar(x, st.al[0]) if x is not None else st.al[i] for i, x in enumerate(al)]
-    new = new._replace(
-        count=jnp.asarray(1 if step is None else step, st.count.dtype),
-        func_evals=jnp.asarray(int(entry.get("func_evals", 0)), st.func_evals.dtype),
-        n_iter=jnp.asarray(int(entry.get("n_iter", 0)), st.n_iter.dtype),
-        history_start=jnp.zeros_like(st.history_start),
-        history_len=jnp.asarray(n, st.history_len.dtype),
-        al=new.al.at[: len(al_values)].set(jnp.stack(al_values)) if al_values else new.al,
-    )
-    for key, conv in (
-        ("d", vec),
-        ("prev_flat_grad", vec),
-        ("t", scalar),
-        ("H_diag", scalar),
-        ("prev_loss", scalar),
-    ):
-        if entry.get(key) is not None:
-            like = getattr(st, key)
-            new = new._replace(**{key: conv(entry[key], like)})
-    return _replace_found(gstate, _is_lbfgs, new)
-
-
-def _is_sparse_adam(x) -> bool:
-    return isinstance(x, SparseAdamState)
-
-
-def _sparse_adam_export(gstate, leaves, count) -> dict:
-    """torch's SparseAdam keeps its own ``step`` (a Python int) per parameter, made at its first
-    gradient: a parameter that never had one has no state."""
-    st = _find(gstate, _is_sparse_adam)
-    steps, m, v = (jax.tree.leaves(x) for x in (st.step, st.exp_avg, st.exp_avg_sq))
-    out = {}
-    for i, (s, a, b) in enumerate(zip(steps, m, v, strict=True)):
-        if int(s) > 0:
-            out[i] = {
-                "step": int(s),
-                "exp_avg": T.to_tensor(a),
-                "exp_avg_sq": T.to_tensor(b),
-            }
-    return out
-
-
-def _sparse_adam_load(gstate, entries, leaves, step):
-    st = _find(gstate, _is_sparse_adam)
-    treedef = jax.tree.structure(st.exp_avg)
-    steps, m, v = (list(jax.tree.leaves(x)) for x in (st.step, st.exp_avg, st.exp_avg_sq))
-    if len(entries) != len(m):
-        raise ValueError(f"SparseAdam: {len(entries)} parameters in the state_dict, {len(m)} here")
-    for i, e in enumerate(entries):
-        if not e:
-            continue
-        for key, buf in (("exp_avg", m), ("exp_avg_sq", v)):
-            a = T.to_numpy(e[key])
-            if a.shape != tuple(buf[i].shape):
-                raise ValueError(
-                    f"SparseAdam {key} of parameter {i}: shape {a.shape}, "
-                    f"expected {tuple(buf[i].shape)}"
-                )
-            buf[i] = jnp.asarray(a, buf[i].dtype)
-        steps[i] = jnp.asarray(
-            int(float(np.asarray(T.to_numpy(e["step"])).reshape(()))), steps[i].dtype
-        )
-    new = st._replace(
-        count=jnp.asarray(
-            max([0] + [int(s) for s in steps]) if step is None else step, st.count.dtype
-        ),
-        step=jax.tree.unflatten(jax.tree.structure(st.step), steps),
-        exp_avg=jax.tree.unflatten(treedef, m),
-        exp_avg_sq=jax.tree.unflatten(treedef, v),
-    )
-    return _replace_found(gstate, _is_sparse_adam, new)
-
-
 _ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 # Keyed by the optimizer function's "module.qualname". Optimizers whose state is not a set of
-# per-parameter buffers (LBFGS: flat history lists on the first parameter) are not listed.
+# per-parameter buffers (LBFGS: flat history lists on the first parameter; SparseAdam: its own
+# per-parameter step) name their converters, which live in their optimizer modules.
 TORCH_OPTIMIZERS: dict[str, TorchOptimizer] = {
     "jaxupdate.optim.sgd.sgd": TorchOptimizer("SGD", ("momentum_buffer",)),
     "jaxupdate.optim.adam.adam": TorchOptimizer("Adam", _ADAM_KEYS),
@@ -289,7 +176,9 @@ TORCH_OPTIMIZERS: dict[str, TorchOptimizer] = {
     "jaxupdate.optim.sparse_adam.sparse_adam": TorchOptimizer(
         "SparseAdam",
         ("step", "exp_avg", "exp_avg_sq"),
-        custom=CustomState(_sparse_adam_export, _sparse_adam_load, SparseAdamState),
+        custom=CustomState(
+            sparse_adam_state_to_torch, sparse_adam_state_from_torch, SparseAdamState
+        ),
     ),
     "jaxupdate.optim.lbfgs.lbfgs": TorchOptimizer(
         "LBFGS",
@@ -306,7 +195,7 @@ TORCH_OPTIMIZERS: dict[str, TorchOptimizer] = {
             "prev_flat_grad",
             "prev_loss",
         ),
-        custom=CustomState(_lbfgs_export, _lbfgs_load, LBFGSState),
+        custom=CustomState(lbfgs_state_to_torch, lbfgs_state_from_torch, LBFGSState),
     ),
 }
 
@@ -881,7 +770,8 @@ def _load_group(layout, g, group, saved, torch_entries, template, params, strict
         if group.kwargs is not None:
             _check_group(layout, g, group.kwargs, saved, strict)
         leaves = [layout.leaves[i] for i in group.members]
-        return spec.custom.load(gstate, entries, leaves, step)
+        own = _own_state(gstate, spec.custom)
+        return _replace_state(gstate, spec.custom, spec.custom.load(own, entries, leaves, step))
     treedef = jax.tree.structure(container)
     _, t_per_param, t_scalars = _read_group(layout, gstate, container)
     keys, scalar_keys = _keys(spec)
@@ -1021,10 +911,11 @@ def torch_state_dict(tx, opt_state, params, *, param_map: Optional[Sequence] = N
         next_id += len(group.members)
         if spec.custom is not None:
             _custom_checks(layout, group)
-            count = int(_find(gstate, lambda x: isinstance(x, spec.custom.state_type)).count)
+            own = _own_state(gstate, spec.custom)
+            count = int(own.count)
             groups.append({**_torch_group(spec, group.kwargs, count), "params": ids})
             leaves = [layout.leaves[i] for i in group.members]
-            for pos, entry in spec.custom.export(gstate, leaves, count).items():
+            for pos, entry in spec.custom.export(own, leaves, count).items():
                 state[ids[group.order.index(pos)]] = entry
             continue
         counts, per_param, scalars = _read_group(layout, gstate, container)
