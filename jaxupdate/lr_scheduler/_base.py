@@ -372,9 +372,9 @@ def per_epoch(schedule: Schedule, steps_per_epoch: int) -> Schedule:
         ``reduce_lr_on_plateau``.
       steps_per_epoch: number of optimizer updates per epoch, a positive int.
     """
-    if getattr(schedule, "torch_name", None) == "ReduceLROnPlateau" and hasattr(
-        schedule, "per_epoch"
-    ):
+    from jaxupdate.lr_scheduler.plateau import ReduceLROnPlateau  # (plateau imports this module)
+
+    if isinstance(schedule, ReduceLROnPlateau):
         _check_steps_per_epoch(steps_per_epoch)
         return schedule.per_epoch(int(steps_per_epoch))
     if not isinstance(schedule, Schedule):
