@@ -60,6 +60,7 @@ import numpy as np
 from jaxupdate._described import Description, description
 from jaxupdate._hparams import is_number, is_schedule, resolve
 from jaxupdate.interop import _torch as T
+from jaxupdate.interop.weights import NnxLink
 from jaxupdate.lr_scheduler.inject import plain_view
 from jaxupdate.optim.lbfgs import LBFGSState, lbfgs_state_from_torch, lbfgs_state_to_torch
 from jaxupdate.optim.sparse_adam import (
@@ -321,7 +322,7 @@ def _parse_link(entry):
     """A ``param_map`` entry as ``(path, to_jax, to_torch)``."""
     if isinstance(entry, str):
         return entry, None, None
-    if hasattr(entry, "nnx_path"):  # jaxupdate.interop.weights.NnxLink
+    if isinstance(entry, NnxLink):
         return entry.nnx_path, entry.to_nnx, entry.to_torch
     if isinstance(entry, (tuple, list)) and len(entry) == 3 and isinstance(entry[0], str):
         return tuple(entry)
