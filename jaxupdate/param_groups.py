@@ -371,7 +371,7 @@ def _parse_group(fn, defaults: dict, group, index: int) -> tuple[Group, Any]:
     except TypeError as e:
         raise TypeError(f"param group {index}: {e}") from None
     tx = optax.with_extra_args_support(fn(**merged))  # also validates the group's own values
-    ignored = [k for k in _constructor_only(fn) if k in overrides]
+    ignored = [k for k in constructor_only(fn) if k in overrides]
     if ignored:
         # torch reads these in the optimizer's constructor only (Adagrad's
         # initial_accumulator_value fills every group's state): a group's own value stays in
@@ -382,7 +382,7 @@ def _parse_group(fn, defaults: dict, group, index: int) -> tuple[Group, Any]:
     return Group(group[present[0]], present[0] == "label", overrides, kwargs), tx
 
 
-def _constructor_only(fn) -> tuple:
+def constructor_only(fn) -> tuple:
     """Arguments ``fn``'s torch class reads in its constructor only, never per group."""
     while fn is not None:
         names = getattr(fn, "constructor_only", None)

@@ -47,6 +47,17 @@ def to_tensor(x, dtype=None):
     return out if dtype is None else out.to(dtype)
 
 
+def is_plateau_scheduler(scheduler) -> bool:
+    """Whether ``scheduler`` is a ``torch.optim.lr_scheduler.ReduceLROnPlateau``.
+
+    An ``isinstance`` check (torch imported only when there is a scheduler): jaxupdate's own
+    :class:`jaxupdate.lr_scheduler.plateau.ReduceLROnPlateau` has the same class name.
+    """
+    if scheduler is None:
+        return False
+    return isinstance(scheduler, torch().optim.lr_scheduler.ReduceLROnPlateau)
+
+
 def scalar_dtype():
     """torch's ``_get_scalar_dtype()``: the dtype of ``step`` and the other scalar state."""
     t = torch()

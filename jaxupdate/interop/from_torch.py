@@ -79,28 +79,12 @@ from jaxupdate.interop.state_dict import (
     load_torch_state_dict,
     optimizer_fn_for,
 )
-from jaxupdate.lr_scheduler import (
-    chained_scheduler,
-    constant_lr,
-    cosine_annealing_lr,
-    cosine_annealing_warm_restarts,
-    cyclic_lr,
-    exponential_lr,
-    inject_hyperparams,
-    linear_lr,
-    multi_step_lr,
-    one_cycle_lr,
-    per_epoch,
-    polynomial_lr,
-    reduce_lr_on_plateau,
-    sequential_lr,
-    step_lr,
-)
-from jaxupdate.lr_scheduler._base import Schedule, as_count, as_float
-from jaxupdate.lr_scheduler.basic import LambdaLR, MultiplicativeLR
+from jaxupdate.lr_scheduler import inject_hyperparams, per_epoch
+from jaxupdate.lr_scheduler._base import TORCH_SCHEDULERS, Schedule, as_count, as_float
+from jaxupdate.lr_scheduler.plateau import ReduceLROnPlateau
 from jaxupdate.param_groups import (
     ParamGroupsState,
-    _constructor_only,
+    constructor_only,
     leaf_paths,
     param_groups,
 )
@@ -133,103 +117,27 @@ def _group_kwargs(fn, group: dict) -> dict:
 # schedulers
 
 
-def _one_cycle(s, g: int, group: dict):
-    phases = s._schedule_phases
-    n = s.total_steps
-    pct = min(max((phases[0]["end_step"] + 1) / n, 0.0), 1.0)
-    momentum = getattr(s, "cycle_momentum", False)
-    out = one_cycle_lr(
-        group["max_lr"],
-        total_steps=n,
-        pct_start=float(pct),
-        anneal_strategy=getattr(s, "_anneal_func_type", "cos"),
-        cycle_momentum=momentum,
-        base_momentum=group.get("base_momentum", 0.85),
-        max_momentum=group.get("max_momentum", 0.95),
-        div_factor=group["max_lr"] / group["initial_lr"],
-        final_div_factor=group["initial_lr"] / group["min_lr"],
-        three_phase=len(phases) == 3,
-    )
-    # torch's own numbers, not values recomputed from recovered arguments
-    out.phases = [
-        (p["end_step"], p["start_lr"], p["end_lr"], p["start_momentum"], p["end_momentum"])
-        for p in phases
-    ]
-    out.values = {k: group[k] for k in ("max_lr", "initial_lr", "min_lr")}
-    if momentum:
-        out.values.update(max_momentum=group["max_momentum"],
-                          base_momentum=group["base_momentum"])
-    return out
-
-
-def _cyclic(s, g: int):
-    momentum = s.cycle_momentum
-    up = s.total_size * s.step_ratio
-    out = cyclic_lr(
-        s.base_lrs[g],
-        s.max_lrs[g],
-        step_size_up=up,
-        step_size_down=s.total_size - up,
-        mode=s.mode,
-        gamma=s.gamma,
-        scale_fn=s._scale_fn_custom,
-        scale_mode=s.scale_mode,
-        cycle_momentum=momentum,
-        base_momentum=s.base_momentums[g] if momentum else 0.8,
-        max_momentum=s.max_momentums[g] if momentum else 0.9,
-    )
-    out.total_size, out.step_ratio = s.total_size, s.step_ratio
-    return out
-
-
 def _schedule(s, g: int, group: dict) -> Schedule:
-    """The jaxupdate schedule of torch scheduler ``s`` for param group ``g`` (from step 0)."""
+    """The jaxupdate schedule of torch scheduler ``s`` for param group ``g`` (from step 0): the
+    ``from_torch`` of the schedule class registered under torch's class name."""
     name = type(s).__name__
+    cls = TORCH_SCHEDULERS.get(name)
+    if cls is None:
+        raise NotImplementedError(f"no jaxupdate schedule for torch scheduler {name}")
+    if T.is_plateau_scheduler(s):
+        raise NotImplementedError(
+            "ReduceLROnPlateau inside SequentialLR / ChainedScheduler: torch does not allow it"
+        )
     base = s.base_lrs[g] if hasattr(s, "base_lrs") else group.get("initial_lr", group["lr"])
     if T.is_tensor(base):
         base = float(base)
     # a Python lambda is probed at the scheduler's position (a resumed scheduler may never
     # have called it at 0)
-    probe = max(_last_epoch(s), 0)
-    if name == "LambdaLR":
-        return LambdaLR(base, s.lr_lambdas[g], probe)
-    if name == "MultiplicativeLR":
-        return MultiplicativeLR(base, s.lr_lambdas[g], max(probe, 1))
-    if name == "StepLR":
-        return step_lr(base, s.step_size, s.gamma)
-    if name == "MultiStepLR":
-        return multi_step_lr(base, sorted(s.milestones.elements()), s.gamma)
-    if name == "ConstantLR":
-        return constant_lr(base, s.factor, s.total_iters)
-    if name == "LinearLR":
-        return linear_lr(base, s.start_factor, s.end_factor, s.total_iters)
-    if name == "ExponentialLR":
-        return exponential_lr(base, s.gamma)
-    if name == "PolynomialLR":
-        return polynomial_lr(base, s.total_iters, s.power)
-    if name == "CosineAnnealingLR":
-        return cosine_annealing_lr(base, s.T_max, s.eta_min)
-    if name == "CosineAnnealingWarmRestarts":
-        return cosine_annealing_warm_restarts(base, s.T_0, s.T_mult, s.eta_min)
-    if name == "CyclicLR":
-        return _cyclic(s, g)
-    if name == "OneCycleLR":
-        return _one_cycle(s, g, group)
-    if name == "SequentialLR":
-        initial = group.get("initial_lr", base)
-        return sequential_lr(
-            initial, [_schedule(c, g, group) for c in s._schedulers], list(s._milestones)
-        )
-    if name == "ChainedScheduler":
-        return chained_scheduler([_schedule(c, g, group) for c in s._schedulers])
-    if name == "ReduceLROnPlateau":
-        raise NotImplementedError(
-            "ReduceLROnPlateau inside SequentialLR / ChainedScheduler: torch does not allow it"
-        )
-    raise NotImplementedError(f"no jaxupdate schedule for torch scheduler {name}")
+    probe = max(torch_last_epoch(s), 0)
+    return cls.from_torch(s, g, group, base=base, probe=probe, convert=_schedule)
 
 
-class _Positioned(Schedule):
+class Positioned(Schedule):
     """``inner`` continued from torch's position: at update ``count`` (``count >= start``,
     the optimizer's count when converted), the scheduler has stepped
     ``epoch + (count - start) // steps_per_epoch`` times."""
@@ -238,7 +146,7 @@ class _Positioned(Schedule):
         self.inner, self.start, self.epoch, self.every = inner, start, epoch, steps_per_epoch
         self.lr, self.torch_name, self.absolute = inner.lr, inner.torch_name, inner.absolute
         if inner.momentum is not None:
-            self.momentum = _Positioned(inner.momentum, start, epoch, steps_per_epoch)
+            self.momentum = Positioned(inner.momentum, start, epoch, steps_per_epoch)
         self._repr_args = {"schedule": inner, "start": start, "last_epoch": epoch,
                            "steps_per_epoch": steps_per_epoch}
 
@@ -255,11 +163,11 @@ class _Positioned(Schedule):
         return self.inner._next(lr, self._at(t))
 
 
-def _last_epoch(s) -> int:
+def torch_last_epoch(s) -> int:
     """torch's ``last_epoch`` (ChainedScheduler keeps none: its members all have the same)."""
     if hasattr(s, "last_epoch"):
         return int(s.last_epoch)
-    return _last_epoch(s._schedulers[-1])
+    return torch_last_epoch(s._schedulers[-1])
 
 
 def _steps_taken(spec, entries: list) -> int:
@@ -371,23 +279,23 @@ def from_torch(
     # the groups' fresh states from its defaults for them
     ctor = {
         k: _value(optimizer.defaults[k])
-        for k in _constructor_only(fn)
+        for k in constructor_only(fn)
         if k in getattr(optimizer, "defaults", {})
     }
-    plateau = scheduler is not None and type(scheduler).__name__ == "ReduceLROnPlateau"
+    plateau = T.is_plateau_scheduler(scheduler)
     if scheduler is not None and getattr(scheduler, "optimizer", optimizer) is not optimizer:
         raise ValueError("the scheduler belongs to another optimizer")
 
     if scheduler is not None and not plateau:
-        epoch = _last_epoch(scheduler)
+        epoch = torch_last_epoch(scheduler)
         for g, (group, kw) in enumerate(zip(groups, kwargs)):
             start = _steps_taken(spec, entries[g])
             sched = _schedule(scheduler, g, group)
             if steps_per_epoch is not None:
                 sched = per_epoch(sched, steps_per_epoch)
-                sched = _Positioned(sched, start, epoch * every, 1)
+                sched = Positioned(sched, start, epoch * every, 1)
             else:
-                sched = _Positioned(sched, start, epoch, 1)
+                sched = Positioned(sched, start, epoch, 1)
             _check_lr(sched, start, group, g)
             kw["lr"] = sched
             if sched.momentum is not None:
@@ -401,18 +309,9 @@ def from_torch(
         inj_kwargs = []
         for g, kw in enumerate(kwargs):
             kw = dict(kw)
-            kw["lr"] = reduce_lr_on_plateau(
-                float(T.to_numpy(groups[g]["lr"])) if T.is_tensor(groups[g]["lr"])
-                else groups[g]["lr"],
-                mode=scheduler.mode,
-                factor=scheduler.factor,
-                patience=scheduler.patience,
-                threshold=scheduler.threshold,
-                threshold_mode=scheduler.threshold_mode,
-                cooldown=scheduler.cooldown,
-                min_lr=scheduler.min_lrs[g],
-                eps=scheduler.eps,
-            )
+            lr = groups[g]["lr"]
+            lr = float(T.to_numpy(lr)) if T.is_tensor(lr) else lr
+            kw["lr"] = ReduceLROnPlateau.from_torch(scheduler, g, groups[g], base=lr)
             if steps_per_epoch is not None:  # updates leave it alone, step_plateau steps it
                 kw["lr"] = per_epoch(kw["lr"], steps_per_epoch)
             inj_kwargs.append(kw)

@@ -42,7 +42,9 @@ exported one. A plain undescribed transformation can still be loaded into (one g
 keys checked, hyperparameters not) but not exported.
 
 :data:`TORCH_OPTIMIZERS` lists the supported optimizers; a new one whose state fields carry
-torch's key names needs one line there.
+torch's key names needs one line there. The conversion is a generic walk over the state's
+NamedTuples; a state of another shape (LBFGS, SparseAdam) is converted by functions in its
+optimizer's module, named in its line (:class:`CustomState`).
 """
 
 from __future__ import annotations
@@ -58,7 +60,14 @@ import numpy as np
 from jaxupdate._described import Description, description
 from jaxupdate._hparams import is_number, is_schedule, resolve
 from jaxupdate.interop import _torch as T
-from jaxupdate.lr_scheduler.inject import _plain_view
+from jaxupdate.interop.weights import NnxLink
+from jaxupdate.lr_scheduler.inject import plain_view
+from jaxupdate.optim.lbfgs import LBFGSState, lbfgs_state_from_torch, lbfgs_state_to_torch
+from jaxupdate.optim.sparse_adam import (
+    SparseAdamState,
+    sparse_adam_state_from_torch,
+    sparse_adam_state_to_torch,
+)
 from jaxupdate.param_groups import GroupsDescription, assign, leaf_paths
 
 
@@ -86,15 +95,18 @@ class TorchOptimizer(NamedTuple):
 
 
 class CustomState(NamedTuple):
-    """Conversion of a state that is not a set of per-parameter buffers (LBFGS).
+    """Conversion of a state that is not a set of per-parameter buffers (LBFGS, SparseAdam).
 
-    ``export(state, leaves, count) -> {container position: torch entry}`` and
-    ``load(state, entries, leaves, step) -> state`` for one group, ``entries`` being torch's
-    per-parameter dicts in the group's order.
+    ``state_type``: the NamedTuple class of the optimizer's state, found in a group's state
+    by ``isinstance`` and given to ``export(state, leaves, count) -> {container position:
+    torch entry}`` and ``load(state, entries, leaves, step) -> state`` (one group,
+    ``entries`` being torch's per-parameter dicts in the group's order). The converters live
+    with their optimizers (``jaxupdate.optim.lbfgs``, ``jaxupdate.optim.sparse_adam``).
     """
 
     export: Callable
     load: Callable
+    state_type: type
 
 
 def _find(node, pred):
@@ -108,10 +120,23 @@ def _find(node, pred):
     return None
 
 
+def _own_state(gstate, custom: CustomState):
+    """The optimizer's own state (a ``custom.state_type``) inside a group's state."""
+    found = _find(gstate, lambda x: isinstance(x, custom.state_type))
+    if found is None:
+        raise ValueError(f"the state holds no {custom.state_type.__name__}")
+    return found
+
+
+def _replace_state(gstate, custom: CustomState, new):
+    """``gstate`` with its ``custom.state_type`` state replaced by ``new``."""
+    return _replace_found(gstate, lambda x: isinstance(x, custom.state_type), new)
+
+
 def _replace_found(node, pred, new):
     if pred(node):
         return new
-    if _is_namedtuple(node):
+    if is_namedtuple(node):
         return node._replace(
             **{f: _replace_found(getattr(node, f), pred, new) for f in node._fields}
         )
@@ -120,144 +145,11 @@ def _replace_found(node, pred, new):
     return node
 
 
-def _is_lbfgs(x) -> bool:
-    return _is_namedtuple(x) and "old_dirs" in x._fields and "prev_flat_grad" in x._fields
-
-
-def _lbfgs_export(gstate, leaves, count) -> dict:
-    """torch keeps LBFGS's global state on the group's first parameter."""
-    st = _find(gstate, _is_lbfgs)
-    if count == 0:
-        return {}
-    size, n = int(st.ro.shape[0]), int(st.history_len)
-    slots = [(int(st.history_start) + i) % size for i in range(n)]
-    entry = {"func_evals": int(st.func_evals), "n_iter": int(st.n_iter)}
-    if int(st.n_iter) >= 2:  # torch creates its scratch list at the first L-BFGS direction
-        entry["al"] = [T.to_tensor(st.al[i]) if i < n else None for i in range(size)]
-    entry.update(
-        {
-            "d": T.to_tensor(st.d),
-            "t": float(st.t),
-            "old_dirs": [T.to_tensor(st.old_dirs[s]) for s in slots],
-            "old_stps": [T.to_tensor(st.old_stps[s]) for s in slots],
-            "ro": [T.to_tensor(st.ro[s]) for s in slots],
-            "H_diag": T.to_tensor(st.H_diag),
-            "prev_flat_grad": T.to_tensor(st.prev_flat_grad),
-            "prev_loss": float(st.prev_loss),
-        }
-    )
-    return {0: entry}
-
-
-def _lbfgs_load(gstate, entries, leaves, step):
-    st = _find(gstate, _is_lbfgs)
-    entry = entries[0] if entries else {}
-    if any(entries[1:]):
-        raise ValueError("torch keeps LBFGS's state on the first parameter only")
-    if not entry:
-        return gstate
-    size = int(st.ro.shape[0])
-    old_dirs = list(entry.get("old_dirs", []))
-    if len(old_dirs) > size:
-        raise ValueError(
-            f"the state_dict holds {len(old_dirs)} curvature pairs, history_size is {size}"
-        )
-
-    def vec(x, like):
-        a = T.to_numpy(x)
-        if a.shape != tuple(like.shape):
-            raise ValueError(f"LBFGS state of shape {a.shape}, expected {tuple(like.shape)}")
-        return jnp.asarray(a, like.dtype)
-
-    def scalar(x, like):
-        return jnp.asarray(float(np.asarray(T.to_numpy(x)).reshape(())), like.dtype)
-
-    new = st
-    n = len(old_dirs)
-    if n:
-        new = new._replace(
-            old_dirs=new.old_dirs.at[:n].set(jnp.stack([vec(x, st.d) for x in old_dirs])),
-            old_stps=new.old_stps.at[:n].set(jnp.stack([vec(x, st.d) for x in entry["old_stps"]])),
-            ro=new.ro.at[:n].set(jnp.stack([scalar(x, st.ro[0]) for x in entry["ro"]])),
-        )
-    al = entry.get("al") or []
-    al_values = [scalar(x, st.al[0]) if x is not None else st.al[i] for i, x in enumerate(al)]
-    new = new._replace(
-        count=jnp.asarray(1 if step is None else step, st.count.dtype),
-        func_evals=jnp.asarray(int(entry.get("func_evals", 0)), st.func_evals.dtype),
-        n_iter=jnp.asarray(int(entry.get("n_iter", 0)), st.n_iter.dtype),
-        history_start=jnp.zeros_like(st.history_start),
-        history_len=jnp.asarray(n, st.history_len.dtype),
-        al=new.al.at[: len(al_values)].set(jnp.stack(al_values)) if al_values else new.al,
-    )
-    for key, conv in (
-        ("d", vec),
-        ("prev_flat_grad", vec),
-        ("t", scalar),
-        ("H_diag", scalar),
-        ("prev_loss", scalar),
-    ):
-        if entry.get(key) is not None:
-            like = getattr(st, key)
-            new = new._replace(**{key: conv(entry[key], like)})
-    return _replace_found(gstate, _is_lbfgs, new)
-
-
-def _is_sparse_adam(x) -> bool:
-    return _is_namedtuple(x) and type(x).__name__ == "SparseAdamState"
-
-
-def _sparse_adam_export(gstate, leaves, count) -> dict:
-    """torch's SparseAdam keeps its own ``step`` (a Python int) per parameter, made at its first
-    gradient: a parameter that never had one has no state."""
-    st = _find(gstate, _is_sparse_adam)
-    steps, m, v = (jax.tree.leaves(x) for x in (st.step, st.exp_avg, st.exp_avg_sq))
-    out = {}
-    for i, (s, a, b) in enumerate(zip(steps, m, v, strict=True)):
-        if int(s) > 0:
-            out[i] = {
-                "step": int(s),
-                "exp_avg": T.to_tensor(a),
-                "exp_avg_sq": T.to_tensor(b),
-            }
-    return out
-
-
-def _sparse_adam_load(gstate, entries, leaves, step):
-    st = _find(gstate, _is_sparse_adam)
-    treedef = jax.tree.structure(st.exp_avg)
-    steps, m, v = (list(jax.tree.leaves(x)) for x in (st.step, st.exp_avg, st.exp_avg_sq))
-    if len(entries) != len(m):
-        raise ValueError(f"SparseAdam: {len(entries)} parameters in the state_dict, {len(m)} here")
-    for i, e in enumerate(entries):
-        if not e:
-            continue
-        for key, buf in (("exp_avg", m), ("exp_avg_sq", v)):
-            a = T.to_numpy(e[key])
-            if a.shape != tuple(buf[i].shape):
-                raise ValueError(
-                    f"SparseAdam {key} of parameter {i}: shape {a.shape}, "
-                    f"expected {tuple(buf[i].shape)}"
-                )
-            buf[i] = jnp.asarray(a, buf[i].dtype)
-        steps[i] = jnp.asarray(
-            int(float(np.asarray(T.to_numpy(e["step"])).reshape(()))), steps[i].dtype
-        )
-    new = st._replace(
-        count=jnp.asarray(
-            max([0] + [int(s) for s in steps]) if step is None else step, st.count.dtype
-        ),
-        step=jax.tree.unflatten(jax.tree.structure(st.step), steps),
-        exp_avg=jax.tree.unflatten(treedef, m),
-        exp_avg_sq=jax.tree.unflatten(treedef, v),
-    )
-    return _replace_found(gstate, _is_sparse_adam, new)
-
-
 _ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 # Keyed by the optimizer function's "module.qualname". Optimizers whose state is not a set of
-# per-parameter buffers (LBFGS: flat history lists on the first parameter) are not listed.
+# per-parameter buffers (LBFGS: flat history lists on the first parameter; SparseAdam: its own
+# per-parameter step) name their converters, which live in their optimizer modules.
 TORCH_OPTIMIZERS: dict[str, TorchOptimizer] = {
     "jaxupdate.optim.sgd.sgd": TorchOptimizer("SGD", ("momentum_buffer",)),
     "jaxupdate.optim.adam.adam": TorchOptimizer("Adam", _ADAM_KEYS),
@@ -285,7 +177,9 @@ TORCH_OPTIMIZERS: dict[str, TorchOptimizer] = {
     "jaxupdate.optim.sparse_adam.sparse_adam": TorchOptimizer(
         "SparseAdam",
         ("step", "exp_avg", "exp_avg_sq"),
-        custom=CustomState(_sparse_adam_export, _sparse_adam_load),
+        custom=CustomState(
+            sparse_adam_state_to_torch, sparse_adam_state_from_torch, SparseAdamState
+        ),
     ),
     "jaxupdate.optim.lbfgs.lbfgs": TorchOptimizer(
         "LBFGS",
@@ -302,7 +196,7 @@ TORCH_OPTIMIZERS: dict[str, TorchOptimizer] = {
             "prev_flat_grad",
             "prev_loss",
         ),
-        custom=CustomState(_lbfgs_export, _lbfgs_load),
+        custom=CustomState(lbfgs_state_to_torch, lbfgs_state_from_torch, LBFGSState),
     ),
 }
 
@@ -339,7 +233,9 @@ def _group(kwargs, members) -> _Group:
     return _Group(kwargs, members, list(range(n)), [None] * n)
 
 
-class _Layout(NamedTuple):
+class StateLayout(NamedTuple):
+    """Where a transformation's torch groups and parameters are (from :func:`state_layout`)."""
+
     spec: Optional[TorchOptimizer]
     name: str
     grouped: bool  # a param_groups() state (ParamGroupsState) or a plain optimizer state
@@ -385,19 +281,32 @@ def _spec_for(qualname: str, name: str) -> TorchOptimizer:
     return spec
 
 
-def _layout(tx, params, *, need_description: bool) -> _Layout:
+def state_layout(tx, params, *, need_description: bool) -> StateLayout:
+    """The torch view of ``tx`` over ``params``: optimizer class, groups and their leaves.
+
+    ``need_description``: raise a ``TypeError`` for a transformation that does not say which
+    optimizer it is (otherwise it is one group of every leaf, with no torch class).
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> from jaxupdate.optim.adam import adam
+        >>> layout = state_layout(adam(lr=0.1), [jnp.ones(2)], need_description=True)
+        >>> layout.spec.torch_class, layout.groups[0].members
+        ('Adam', [0])
+    """
     desc = description(tx)
     if isinstance(desc, GroupsDescription):
         paths, leaves, _, members = assign(desc, params)
         groups = [_group(g.kwargs, m) for g, m in zip(desc.groups, members)]
         spec = _spec_for(desc.qualname, desc.name)
-        return _Layout(spec, desc.name, True, desc.whole, groups, paths, leaves)
+        return StateLayout(spec, desc.name, True, desc.whole, groups, paths, leaves)
     paths, leaves, _ = leaf_paths(params)
     everything = list(range(len(leaves)))
     if isinstance(desc, Description):
         spec = _spec_for(desc.qualname, desc.name)
         groups = [_group(desc.kwargs, everything)]
-        return _Layout(spec, desc.name, False, False, groups, paths, leaves)
+        return StateLayout(spec, desc.name, False, False, groups, paths, leaves)
     if need_description:
         raise TypeError(
             "this transformation does not say which optimizer it is or its hyperparameters, "
@@ -406,14 +315,14 @@ def _layout(tx, params, *, need_description: bool) -> _Layout:
             "with jaxupdate._described.described(ju.adam)(lr=...)"
         )
     groups = [_group(None, everything)]
-    return _Layout(None, "the transformation", False, False, groups, paths, leaves)
+    return StateLayout(None, "the transformation", False, False, groups, paths, leaves)
 
 
 def _parse_link(entry):
     """A ``param_map`` entry as ``(path, to_jax, to_torch)``."""
     if isinstance(entry, str):
         return entry, None, None
-    if hasattr(entry, "nnx_path"):  # jaxupdate.interop.weights.NnxLink
+    if isinstance(entry, NnxLink):
         return entry.nnx_path, entry.to_nnx, entry.to_torch
     if isinstance(entry, (tuple, list)) and len(entry) == 3 and isinstance(entry[0], str):
         return tuple(entry)
@@ -423,7 +332,7 @@ def _parse_link(entry):
     )
 
 
-def _apply_param_map(layout: _Layout, param_map) -> _Layout:
+def apply_param_map(layout: StateLayout, param_map) -> StateLayout:
     """Puts the groups' parameters in the torch order that ``param_map`` gives."""
     links = [_parse_link(e) for e in param_map]
     index = {p: i for i, p in enumerate(layout.paths)}
@@ -453,20 +362,20 @@ def _apply_param_map(layout: _Layout, param_map) -> _Layout:
     return layout._replace(groups=groups)
 
 
-def _group_state(layout: _Layout, opt_state, g: int):
+def _group_state(layout: StateLayout, opt_state, g: int):
     if layout.grouped:
         return opt_state.groups[g]
     return opt_state
 
 
-def _group_container(layout: _Layout, params, g: int):
+def _group_container(layout: StateLayout, params, g: int):
     """The params container the group's optimizer sees (its treedef maps state to leaves)."""
     if layout.grouped and not layout.whole:
         return [layout.leaves[i] for i in layout.groups[g].members]
     return params
 
 
-def _unwrap(tree):
+def unwrap_nnx(tree):
     """``tree`` with flax nnx ``Variable`` nodes replaced by their values.
 
     ``nnx.state(model, nnx.Param)`` holds ``Param`` nodes and ``nnx.Optimizer`` keeps its
@@ -499,7 +408,7 @@ def _rewrap(like, tree):
 
 def opt_state_from_nnx(optimizer):
     """The optax state inside an ``nnx.Optimizer``, as plain arrays (for torch_state_dict)."""
-    return _unwrap(optimizer.opt_state)
+    return unwrap_nnx(optimizer.opt_state)
 
 
 def opt_state_into_nnx(optimizer, opt_state) -> None:
@@ -537,7 +446,9 @@ def opt_state_into_nnx(optimizer, opt_state) -> None:
             return var
         return value
 
-    optimizer.opt_state = jax.tree.map(put, optimizer.opt_state, _unwrap(opt_state), is_leaf=is_var)
+    optimizer.opt_state = jax.tree.map(
+        put, optimizer.opt_state, unwrap_nnx(opt_state), is_leaf=is_var
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,7 +462,8 @@ class _Unknown(Exception):
 _RECURSE = object()
 
 
-def _is_namedtuple(x) -> bool:
+def is_namedtuple(x) -> bool:
+    """Whether ``x`` is a NamedTuple instance (the node type of optimizer states)."""
     return isinstance(x, tuple) and hasattr(x, "_fields")
 
 
@@ -567,7 +479,7 @@ def _walk(node, on_field: Callable, where: str = "state"):
     """
     if node is None:
         return None
-    if _is_namedtuple(node):
+    if is_namedtuple(node):
         new = {}
         for f in node._fields:
             v = getattr(node, f)
@@ -590,7 +502,7 @@ def _keys(spec: Optional[TorchOptimizer]):
     return spec.state_keys, spec.scalar_keys
 
 
-def _unknown_field_error(layout: _Layout, where: str):
+def _unknown_field_error(layout: StateLayout, where: str):
     return ValueError(
         f"{layout.name}'s state holds {where}, which has no torch counterpart known to "
         "jaxupdate.interop (its fields must be named after torch's state keys; see "
@@ -598,7 +510,7 @@ def _unknown_field_error(layout: _Layout, where: str):
     )
 
 
-def _read_group(layout: _Layout, gstate, container) -> tuple[list, list[dict], dict]:
+def _read_group(layout: StateLayout, gstate, container) -> tuple[list, list[dict], dict]:
     """``(counts, per-position {key: array}, scalars {key: array})`` of one group's state."""
     keys, scalar_keys = _keys(layout.spec)
     treedef = jax.tree.structure(container)
@@ -630,7 +542,7 @@ def _read_group(layout: _Layout, gstate, container) -> tuple[list, list[dict], d
     return counts, per_param, scalars
 
 
-def _common_count(layout: _Layout, counts: list, g: int) -> int:
+def _common_count(layout: StateLayout, counts: list, g: int) -> int:
     if len(set(counts)) > 1:
         raise ValueError(
             f"param group {g} of {layout.name}: its blocks disagree on the number of updates "
@@ -683,7 +595,7 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _check_group(layout: _Layout, g: int, kwargs: dict, saved: dict, strict: bool):
+def _check_group(layout: StateLayout, g: int, kwargs: dict, saved: dict, strict: bool):
     # scheduled values are skipped below, so the count they are read at does not matter
     expected = _torch_group(layout.spec, kwargs, 0)
     cls = f"torch.optim.{layout.spec.torch_class}"
@@ -815,11 +727,11 @@ def load_torch_state_dict(
         (1, [0.10000000149011612, 0.10000000149011612, 0.10000000149011612])
     """
     wrapped = tx.init(params)
-    template = _unwrap(wrapped)
-    params = _unwrap(params)
-    layout = _layout(tx, params, need_description=False)
+    template = unwrap_nnx(wrapped)
+    params = unwrap_nnx(params)
+    layout = state_layout(tx, params, need_description=False)
     if param_map is not None:
-        layout = _apply_param_map(layout, param_map)
+        layout = apply_param_map(layout, param_map)
     saved_groups = list(state_dict["param_groups"])
     saved_state = state_dict["state"]
     if len(saved_groups) != len(layout.groups):
@@ -859,7 +771,8 @@ def _load_group(layout, g, group, saved, torch_entries, template, params, strict
         if group.kwargs is not None:
             _check_group(layout, g, group.kwargs, saved, strict)
         leaves = [layout.leaves[i] for i in group.members]
-        return spec.custom.load(gstate, entries, leaves, step)
+        own = _own_state(gstate, spec.custom)
+        return _replace_state(gstate, spec.custom, spec.custom.load(own, entries, leaves, step))
     treedef = jax.tree.structure(container)
     _, t_per_param, t_scalars = _read_group(layout, gstate, container)
     keys, scalar_keys = _keys(spec)
@@ -983,12 +896,12 @@ def torch_state_dict(tx, opt_state, params, *, param_map: Optional[Sequence] = N
         (0.1, 0.9)
     """
     torch = T.torch()
-    params, opt_state = _unwrap(params), _unwrap(opt_state)
+    params, opt_state = unwrap_nnx(params), unwrap_nnx(opt_state)
     # inject_hyperparams: the injected values (torch's group entries) and the inner state
-    tx, opt_state = _plain_view(tx, opt_state)
-    layout = _layout(tx, params, need_description=True)
+    tx, opt_state = plain_view(tx, opt_state)
+    layout = state_layout(tx, params, need_description=True)
     if param_map is not None:
-        layout = _apply_param_map(layout, param_map)
+        layout = apply_param_map(layout, param_map)
     spec = layout.spec
     keys, scalar_keys = _keys(spec)
     state, groups, next_id = {}, [], 0
@@ -999,10 +912,11 @@ def torch_state_dict(tx, opt_state, params, *, param_map: Optional[Sequence] = N
         next_id += len(group.members)
         if spec.custom is not None:
             _custom_checks(layout, group)
-            count = int(_find(gstate, lambda x: _is_namedtuple(x) and "count" in x._fields).count)
+            own = _own_state(gstate, spec.custom)
+            count = int(own.count)
             groups.append({**_torch_group(spec, group.kwargs, count), "params": ids})
             leaves = [layout.leaves[i] for i in group.members]
-            for pos, entry in spec.custom.export(gstate, leaves, count).items():
+            for pos, entry in spec.custom.export(own, leaves, count).items():
                 state[ids[group.order.index(pos)]] = entry
             continue
         counts, per_param, scalars = _read_group(layout, gstate, container)
@@ -1027,7 +941,7 @@ def torch_state_dict(tx, opt_state, params, *, param_map: Optional[Sequence] = N
     return {"state": state, "param_groups": groups}
 
 
-def _custom_checks(layout: _Layout, group: _Group):
+def _custom_checks(layout: StateLayout, group: _Group):
     if len(layout.groups) != 1:
         raise ValueError(
             f"torch's {layout.spec.torch_class} doesn't support per-parameter options "

@@ -40,16 +40,16 @@ import numpy as np
 
 from jaxupdate._described import Description, description
 from jaxupdate.interop import _torch as T
-from jaxupdate.interop.from_torch import _last_epoch, _Positioned
+from jaxupdate.interop.from_torch import Positioned, torch_last_epoch
 from jaxupdate.interop.state_dict import (
-    _apply_param_map,
-    _is_namedtuple,
-    _layout,
-    _unwrap,
+    apply_param_map,
+    is_namedtuple,
+    state_layout,
     torch_state_dict,
+    unwrap_nnx,
 )
 from jaxupdate.lr_scheduler._base import PerEpoch, Schedule
-from jaxupdate.lr_scheduler.inject import _plain_view
+from jaxupdate.lr_scheduler.inject import InjectState, plain_view
 from jaxupdate.lr_scheduler.plateau import PlateauState, ReduceLROnPlateau
 from jaxupdate.param_groups import GroupsDescription, ParamGroupsState
 from jaxupdate.transforms.validate import _check_state as check_state_fits
@@ -70,13 +70,9 @@ _KERNEL_KEYS = ("foreach", "fused", "capturable", "differentiable")
 # reading the jaxupdate run
 
 
-def _is_inject_state(s) -> bool:
-    return _is_namedtuple(s) and "hyperparams" in s._fields and "inner_state" in s._fields
-
-
 def _counts(node, out: list) -> list:
     """Every ``count`` field of the NamedTuples in an optimizer state."""
-    if _is_namedtuple(node):
+    if is_namedtuple(node):
         for f in node._fields:
             v = getattr(node, f)
             if f == "count" and hasattr(v, "shape"):
@@ -96,7 +92,7 @@ class _Group:
     """One jaxupdate group as the conversion needs it."""
 
     def __init__(self, kwargs: dict, state):
-        self.injected = _is_inject_state(state)
+        self.injected = isinstance(state, InjectState)
         if self.injected:
             # the values the next update uses are the injected ones (torch's group entries)
             self.kwargs = {**kwargs, **state.hyperparams}
@@ -145,13 +141,13 @@ def _view(tx, opt_state):
             "inject_hyperparams(ju.adam)(...), or param_groups(ju.adam, ...) (also around "
             "inject_hyperparams(ju.adam))"
         )
-    view_tx, view_state = _plain_view(tx, opt_state)
+    view_tx, view_state = plain_view(tx, opt_state)
     return view_tx, view_state, groups
 
 
 def _torch_epoch(spec, count: int) -> int:
     """How many times torch's scheduler has stepped when the run has taken ``count`` updates."""
-    if isinstance(spec, _Positioned):  # from_torch: torch's steps before the conversion count
+    if isinstance(spec, Positioned):  # from_torch: torch's steps before the conversion count
         return _torch_epoch(spec.inner, spec.epoch + (count - spec.start) // spec.every)
     if isinstance(spec, PerEpoch):
         return _torch_epoch(spec.inner, count // spec.steps_per_epoch)
@@ -310,7 +306,7 @@ def _plateau_attrs(states: list) -> dict:
 
 def _given_plateau(plateau_state, scheduler, groups: list) -> dict:
     """Checks ``plateau_state=`` (a plateau driven by hand) against the run and the scheduler."""
-    if scheduler is None or type(scheduler).__name__ != "ReduceLROnPlateau":
+    if not T.is_plateau_scheduler(scheduler):
         got = "no scheduler" if scheduler is None else f"a {type(scheduler).__name__}"
         raise ValueError(
             f"plateau_state is the state of a ReduceLROnPlateau, but the scheduler is {got}: "
@@ -462,14 +458,14 @@ def to_torch(
         >>> w.grad = torch.ones(2, dtype=torch.float64); opt.step(); sched.step()  # and on
     """
     torch = T.torch()
-    params, opt_state = _unwrap(params), _unwrap(opt_state)
+    params, opt_state = unwrap_nnx(params), unwrap_nnx(opt_state)
     _check_state(tx, opt_state, params)
     view_tx, view_state, groups = _view(tx, opt_state)
     # the export validates the state against the transformation and the parameters
     sd = torch_state_dict(view_tx, view_state, params, param_map=param_map)
-    layout = _layout(view_tx, params, need_description=True)
+    layout = state_layout(view_tx, params, need_description=True)
     if param_map is not None:
-        layout = _apply_param_map(layout, param_map)
+        layout = apply_param_map(layout, param_map)
 
     # --- checks, before anything in torch changes
     cls = getattr(torch.optim, layout.spec.torch_class)
@@ -495,7 +491,7 @@ def to_torch(
             )
     copies = _param_copies(layout, t_groups) if copy_params else []
 
-    plateau = scheduler is not None and type(scheduler).__name__ == "ReduceLROnPlateau"
+    plateau = T.is_plateau_scheduler(scheduler)
     if scheduler is not None:
         for s in _schedulers(scheduler):
             if getattr(s, "optimizer", torch_optimizer) is not torch_optimizer:
@@ -520,7 +516,7 @@ def to_torch(
                 "one torch scheduler steps them all together"
             )
         target = positions.pop()
-        current = _last_epoch(scheduler)
+        current = torch_last_epoch(scheduler)
         if current > target:
             raise ValueError(
                 f"the torch scheduler is ahead of the jaxupdate run: it has stepped "

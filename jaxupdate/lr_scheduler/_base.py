@@ -139,6 +139,26 @@ def same_value(a, b) -> bool:
         return True
 
 
+#: torch scheduler class name -> the jaxupdate class whose ``from_torch`` converts it, filled by
+#: the classes themselves (:func:`torch_scheduler`); read by ``jaxupdate.interop.from_torch``.
+TORCH_SCHEDULERS: dict = {}
+
+
+def torch_scheduler(cls):
+    """Class decorator: ``cls.from_torch`` converts the torch schedulers named ``cls.torch_name``.
+
+    Example::
+
+        >>> from jaxupdate.lr_scheduler._base import TORCH_SCHEDULERS
+        >>> TORCH_SCHEDULERS["StepLR"].__name__
+        'StepLR'
+    """
+    if cls.torch_name in TORCH_SCHEDULERS:
+        raise ValueError(f"two schedule classes for torch's {cls.torch_name}")
+    TORCH_SCHEDULERS[cls.torch_name] = cls
+    return cls
+
+
 class Schedule:
     """A torch learning-rate scheduler as a pure function of the step count.
 
@@ -172,6 +192,20 @@ class Schedule:
     def step(self, lr, count) -> jax.Array:
         """torch's ``scheduler.step()``: group lr ``lr`` -> new lr, ``last_epoch`` -> ``count``."""
         return jnp.reshape(as_float(self._next(as_float(lr), as_count(count))), ())
+
+    @classmethod
+    def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
+        """The schedule of the live torch scheduler ``s`` (a ``cls.torch_name``) for group ``g``.
+
+        ``group``: torch's param group ``g``; ``base``: its initial lr (torch's
+        ``base_lrs[g]``, a float); ``probe``: the scheduler's position (``last_epoch``, at
+        least 0), where a Python ``lr_lambda`` is first called (a resumed scheduler may never
+        have called it at 0); ``convert(s, g, group)``: the conversion of a member scheduler
+        (SequentialLR, ChainedScheduler). The schedule starts at step 0;
+        :func:`jaxupdate.interop.from_torch` positions it and only reads ``s``. Classes
+        registered with :func:`torch_scheduler` define it.
+        """
+        raise NotImplementedError(f"no jaxupdate schedule for torch scheduler {cls.torch_name}")
 
     # --- what each scheduler defines -------------------------------------------------------
     def _first(self, lr):
@@ -320,9 +354,9 @@ def per_epoch(schedule: Schedule, steps_per_epoch: int) -> Schedule:
         ``reduce_lr_on_plateau``.
       steps_per_epoch: number of optimizer updates per epoch, a positive int.
     """
-    if getattr(schedule, "torch_name", None) == "ReduceLROnPlateau" and hasattr(
-        schedule, "per_epoch"
-    ):
+    from jaxupdate.lr_scheduler.plateau import ReduceLROnPlateau  # (plateau imports this module)
+
+    if isinstance(schedule, ReduceLROnPlateau):
         _check_steps_per_epoch(steps_per_epoch)
         return schedule.per_epoch(int(steps_per_epoch))
     if not isinstance(schedule, Schedule):

@@ -23,6 +23,7 @@ from jaxupdate.lr_scheduler._base import (
     as_float,
     check_base_lr,
     div,
+    torch_scheduler,
 )
 from jaxupdate.numerics import unfused
 
@@ -48,8 +49,14 @@ class _Factor(Schedule):
         return None if f is None else self.lr * f
 
 
+@torch_scheduler
 class LambdaLR(SelfSetting):
     torch_name = "LambdaLR"
+
+    @classmethod
+    def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
+        """Converts a torch ``LambdaLR``: see :meth:`Schedule.from_torch`."""
+        return cls(base, s.lr_lambdas[g], probe)
 
     def __init__(self, lr, lr_lambda, probe: int = 0):
         self.lr = check_base_lr(lr)
@@ -96,8 +103,15 @@ def lambda_lr(lr, lr_lambda: Callable) -> Schedule:
     return LambdaLR(lr, lr_lambda)
 
 
+@torch_scheduler
 class MultiplicativeLR(Schedule):
     torch_name = "MultiplicativeLR"
+
+    @classmethod
+    def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
+        """Converts a torch ``MultiplicativeLR``: see :meth:`Schedule.from_torch`."""
+        # its first call is at last_epoch >= 1 (the constructor does not call it)
+        return cls(base, s.lr_lambdas[g], max(probe, 1))
 
     def __init__(self, lr, lr_lambda, probe: int = 1):
         self.lr = check_base_lr(lr)
@@ -146,8 +160,14 @@ def multiplicative_lr(lr, lr_lambda: Callable) -> Schedule:
     return MultiplicativeLR(lr, lr_lambda)
 
 
+@torch_scheduler
 class StepLR(_Factor):
     torch_name = "StepLR"
+
+    @classmethod
+    def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
+        """Converts a torch ``StepLR``: see :meth:`Schedule.from_torch`."""
+        return step_lr(base, s.step_size, s.gamma)
 
     def __init__(self, lr, step_size, gamma):
         self.lr = check_base_lr(lr)
@@ -192,8 +212,14 @@ def step_lr(lr, step_size: int, gamma: float = 0.1) -> Schedule:
     return StepLR(lr, step_size, gamma)
 
 
+@torch_scheduler
 class MultiStepLR(_Factor):
     torch_name = "MultiStepLR"
+
+    @classmethod
+    def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
+        """Converts a torch ``MultiStepLR``: see :meth:`Schedule.from_torch`."""
+        return multi_step_lr(base, sorted(s.milestones.elements()), s.gamma)
 
     def __init__(self, lr, milestones, gamma):
         self.lr = check_base_lr(lr)
@@ -251,8 +277,14 @@ def multi_step_lr(lr, milestones, gamma: float = 0.1) -> Schedule:
     return MultiStepLR(lr, milestones, gamma)
 
 
+@torch_scheduler
 class ConstantLR(_Factor):
     torch_name = "ConstantLR"
+
+    @classmethod
+    def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
+        """Converts a torch ``ConstantLR``: see :meth:`Schedule.from_torch`."""
+        return constant_lr(base, s.factor, s.total_iters)
 
     def __init__(self, lr, factor, total_iters):
         if factor > 1.0 or factor < 0:
@@ -323,8 +355,14 @@ def constant_lr(lr, factor: float = 1.0 / 3, total_iters: int = 5) -> Schedule:
     return ConstantLR(lr, factor, total_iters)
 
 
+@torch_scheduler
 class LinearLR(_Factor):
     torch_name = "LinearLR"
+
+    @classmethod
+    def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
+        """Converts a torch ``LinearLR``: see :meth:`Schedule.from_torch`."""
+        return linear_lr(base, s.start_factor, s.end_factor, s.total_iters)
 
     def __init__(self, lr, start_factor, end_factor, total_iters):
         if start_factor > 1.0 or start_factor <= 0:
@@ -402,8 +440,14 @@ def linear_lr(
     return LinearLR(lr, start_factor, end_factor, total_iters)
 
 
+@torch_scheduler
 class ExponentialLR(_Factor):
     torch_name = "ExponentialLR"
+
+    @classmethod
+    def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
+        """Converts a torch ``ExponentialLR``: see :meth:`Schedule.from_torch`."""
+        return exponential_lr(base, s.gamma)
 
     def __init__(self, lr, gamma):
         self.lr = check_base_lr(lr)
@@ -440,8 +484,14 @@ def exponential_lr(lr, gamma: float) -> Schedule:
     return ExponentialLR(lr, gamma)
 
 
+@torch_scheduler
 class PolynomialLR(_Factor):
     torch_name = "PolynomialLR"
+
+    @classmethod
+    def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
+        """Converts a torch ``PolynomialLR``: see :meth:`Schedule.from_torch`."""
+        return polynomial_lr(base, s.total_iters, s.power)
 
     def __init__(self, lr, total_iters, power):
         self.lr = check_base_lr(lr)

@@ -15,6 +15,7 @@ from jaxupdate.lr_scheduler._base import (
     as_float,
     check_base_lr,
     same_value,
+    torch_scheduler,
 )
 from jaxupdate.lr_scheduler.cyclic import OneCycleLR
 from jaxupdate.lr_scheduler.plateau import ReduceLROnPlateau
@@ -50,8 +51,17 @@ def _is_composite(s) -> bool:
     return isinstance(_unwrap(s), (SequentialLR, ChainedScheduler))
 
 
+@torch_scheduler
 class SequentialLR(Schedule):
     torch_name = "SequentialLR"
+
+    @classmethod
+    def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
+        """Converts a torch ``SequentialLR``: see :meth:`Schedule.from_torch`."""
+        initial = group.get("initial_lr", base)
+        return sequential_lr(
+            initial, [convert(c, g, group) for c in s._schedulers], list(s._milestones)
+        )
 
     def __init__(self, lr, schedulers, milestones):
         schedulers = list(schedulers)
@@ -207,8 +217,14 @@ def sequential_lr(lr, schedulers: Sequence[Schedule], milestones: Sequence[int])
     return SequentialLR(lr, schedulers, milestones)
 
 
+@torch_scheduler
 class ChainedScheduler(Schedule):
     torch_name = "ChainedScheduler"
+
+    @classmethod
+    def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
+        """Converts a torch ``ChainedScheduler``: see :meth:`Schedule.from_torch`."""
+        return chained_scheduler([convert(c, g, group) for c in s._schedulers])
 
     def __init__(self, schedulers, lr):
         schedulers = list(schedulers)

@@ -13,12 +13,19 @@ from jaxupdate.lr_scheduler._base import (
     as_float,
     check_base_lr,
     div,
+    torch_scheduler,
 )
 from jaxupdate.numerics import unfused
 
 
+@torch_scheduler
 class CosineAnnealingLR(Schedule):
     torch_name = "CosineAnnealingLR"
+
+    @classmethod
+    def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
+        """Converts a torch ``CosineAnnealingLR``: see :meth:`Schedule.from_torch`."""
+        return cosine_annealing_lr(base, s.T_max, s.eta_min)
 
     def __init__(self, lr, T_max, eta_min):
         self.lr = check_base_lr(lr)
@@ -97,10 +104,16 @@ def _restart_position(t, T_0: int, T_mult: int):
     return lax.while_loop(cond, body, (t, jnp.asarray(T_0, t.dtype)))
 
 
+@torch_scheduler
 class CosineAnnealingWarmRestarts(SelfSetting):
     # Restarted by SequentialLR, torch's get_lr runs with T_cur still 0 from construction:
     # _value(0), which SelfSetting._restart gives.
     torch_name = "CosineAnnealingWarmRestarts"
+
+    @classmethod
+    def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
+        """Converts a torch ``CosineAnnealingWarmRestarts``: see :meth:`Schedule.from_torch`."""
+        return cosine_annealing_warm_restarts(base, s.T_0, s.T_mult, s.eta_min)
 
     def __init__(self, lr, T_0, T_mult, eta_min):
         if T_0 <= 0 or not isinstance(T_0, int):

@@ -17,12 +17,35 @@ from jaxupdate.lr_scheduler._base import (
     as_float,
     div,
     one_group,
+    torch_scheduler,
 )
 from jaxupdate.numerics import unfused
 
 
+@torch_scheduler
 class CyclicLR(SelfSetting):
     torch_name = "CyclicLR"
+
+    @classmethod
+    def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
+        """Converts a torch ``CyclicLR``: see :meth:`Schedule.from_torch`."""
+        momentum = s.cycle_momentum
+        up = s.total_size * s.step_ratio
+        out = cyclic_lr(
+            s.base_lrs[g],
+            s.max_lrs[g],
+            step_size_up=up,
+            step_size_down=s.total_size - up,
+            mode=s.mode,
+            gamma=s.gamma,
+            scale_fn=s._scale_fn_custom,
+            scale_mode=s.scale_mode,
+            cycle_momentum=momentum,
+            base_momentum=s.base_momentums[g] if momentum else 0.8,
+            max_momentum=s.max_momentums[g] if momentum else 0.9,
+        )
+        out.total_size, out.step_ratio = s.total_size, s.step_ratio
+        return out
 
     def __init__(
         self,
@@ -168,8 +191,39 @@ def cyclic_lr(
     )
 
 
+@torch_scheduler
 class OneCycleLR(SelfSetting):
     torch_name = "OneCycleLR"
+
+    @classmethod
+    def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
+        """Converts a torch ``OneCycleLR``: see :meth:`Schedule.from_torch`."""
+        phases = s._schedule_phases
+        n = s.total_steps
+        pct = min(max((phases[0]["end_step"] + 1) / n, 0.0), 1.0)
+        momentum = getattr(s, "cycle_momentum", False)
+        out = one_cycle_lr(
+            group["max_lr"],
+            total_steps=n,
+            pct_start=float(pct),
+            anneal_strategy=getattr(s, "_anneal_func_type", "cos"),
+            cycle_momentum=momentum,
+            base_momentum=group.get("base_momentum", 0.85),
+            max_momentum=group.get("max_momentum", 0.95),
+            div_factor=group["max_lr"] / group["initial_lr"],
+            final_div_factor=group["initial_lr"] / group["min_lr"],
+            three_phase=len(phases) == 3,
+        )
+        # torch's own numbers, not values recomputed from recovered arguments
+        out.phases = [
+            (p["end_step"], p["start_lr"], p["end_lr"], p["start_momentum"], p["end_momentum"])
+            for p in phases
+        ]
+        out.values = {k: group[k] for k in ("max_lr", "initial_lr", "min_lr")}
+        if momentum:
+            out.values.update(max_momentum=group["max_momentum"],
+                              base_momentum=group["base_momentum"])
+        return out
 
     def __init__(
         self,

@@ -223,15 +223,14 @@ def inject_hyperparams(
         tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
         # what described / param_groups record for a plain optimizer function: the function
         # (unwrapped, the key of the interop tables) and every argument as given (schedules
-        # included; the current values live in the state, see _plain_view)
+        # included; the current values live in the state, see plain_view)
         return attach(tx, Description(inspect.unwrap(opt_fn), dict(bound.arguments)))
 
     return factory
 
 
 def _is_inject_state(s) -> bool:
-    fields = getattr(type(s), "_fields", ())
-    return isinstance(s, tuple) and "hyperparams" in fields and "inner_state" in fields
+    return isinstance(s, InjectState)
 
 
 def _map_inject_states(state, fn):
@@ -246,7 +245,7 @@ def _map_inject_states(state, fn):
     return state
 
 
-def _plain_view(tx, opt_state):
+def plain_view(tx, opt_state):
     """``(tx, opt_state)`` as a plain described optimizer would have them.
 
     An :func:`inject_hyperparams` optimizer describes itself with the arguments it was built

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxupdate._hparams import scalar_dtype
-from jaxupdate.lr_scheduler._base import Schedule, as_float, check_base_lr
+from jaxupdate.lr_scheduler._base import Schedule, as_float, check_base_lr, torch_scheduler
 
 
 class PlateauState(NamedTuple):
@@ -23,6 +23,7 @@ class PlateauState(NamedTuple):
     last_epoch: jax.Array
 
 
+@torch_scheduler
 class ReduceLROnPlateau:
     """See :func:`reduce_lr_on_plateau`."""
 
@@ -31,6 +32,23 @@ class ReduceLROnPlateau:
     #: False (``per_epoch``): ``tx.update`` leaves the plateau alone, ``step_plateau`` steps it
     on_update = True
     every = None
+
+    @classmethod
+    def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
+        """torch's ``ReduceLROnPlateau`` ``s`` for group ``g``, from the group's current lr
+        ``base`` (its position, ``best`` ..., is state: see ``from_torch``); the arguments as
+        in :meth:`Schedule.from_torch`."""
+        return reduce_lr_on_plateau(
+            base,
+            mode=s.mode,
+            factor=s.factor,
+            patience=s.patience,
+            threshold=s.threshold,
+            threshold_mode=s.threshold_mode,
+            cooldown=s.cooldown,
+            min_lr=s.min_lrs[g],
+            eps=s.eps,
+        )
 
     def __init__(
         self, lr, mode, factor, patience, threshold, threshold_mode, cooldown, min_lr, eps

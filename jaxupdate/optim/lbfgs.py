@@ -7,6 +7,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax import lax
 
@@ -624,3 +625,105 @@ def lbfgs(
         return new_updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------------------------
+# torch's state_dict entries (jaxupdate.interop.state_dict; torch imported when they run)
+# --------------------------------------------------------------------------------------------
+
+
+def lbfgs_state_to_torch(state: LBFGSState, leaves, count: int) -> dict:
+    """``state`` as torch's LBFGS state entries, ``{0: entry}`` (``{}`` before the first step).
+
+    torch keeps LBFGS's global state on the group's first parameter: its history lists
+    (oldest first, from the ring buffers), ``d``, ``t``, ``H_diag``, ``prev_flat_grad``,
+    ``prev_loss``, the counters, and ``al`` once its first L-BFGS direction made it.
+    ``leaves`` (the group's parameters) are not needed: the state is one flat vector.
+    Used by :func:`jaxupdate.interop.torch_state_dict`.
+    """
+    from jaxupdate.interop import _torch as T
+
+    st = state
+    if count == 0:
+        return {}
+    size, n = int(st.ro.shape[0]), int(st.history_len)
+    slots = [(int(st.history_start) + i) % size for i in range(n)]
+    entry = {"func_evals": int(st.func_evals), "n_iter": int(st.n_iter)}
+    if int(st.n_iter) >= 2:  # torch creates its scratch list at the first L-BFGS direction
+        entry["al"] = [T.to_tensor(st.al[i]) if i < n else None for i in range(size)]
+    entry.update(
+        {
+            "d": T.to_tensor(st.d),
+            "t": float(st.t),
+            "old_dirs": [T.to_tensor(st.old_dirs[s]) for s in slots],
+            "old_stps": [T.to_tensor(st.old_stps[s]) for s in slots],
+            "ro": [T.to_tensor(st.ro[s]) for s in slots],
+            "H_diag": T.to_tensor(st.H_diag),
+            "prev_flat_grad": T.to_tensor(st.prev_flat_grad),
+            "prev_loss": float(st.prev_loss),
+        }
+    )
+    return {0: entry}
+
+
+def lbfgs_state_from_torch(state: LBFGSState, entries, leaves, step) -> LBFGSState:
+    """``state`` filled from torch's LBFGS per-parameter entries (all on the first parameter).
+
+    The history lists go into the ring buffers from slot 0; ``step`` (or 1) becomes the
+    update count, which torch does not keep. Raises ``ValueError`` for state on another
+    parameter, more curvature pairs than ``history_size`` or vectors of another length.
+    Used by :func:`jaxupdate.interop.load_torch_state_dict`.
+    """
+    from jaxupdate.interop import _torch as T
+
+    st = state
+    entry = entries[0] if entries else {}
+    if any(entries[1:]):
+        raise ValueError("torch keeps LBFGS's state on the first parameter only")
+    if not entry:
+        return st
+    size = int(st.ro.shape[0])
+    old_dirs = list(entry.get("old_dirs", []))
+    if len(old_dirs) > size:
+        raise ValueError(
+            f"the state_dict holds {len(old_dirs)} curvature pairs, history_size is {size}"
+        )
+
+    def vec(x, like):
+        a = T.to_numpy(x)
+        if a.shape != tuple(like.shape):
+            raise ValueError(f"LBFGS state of shape {a.shape}, expected {tuple(like.shape)}")
+        return jnp.asarray(a, like.dtype)
+
+    def scalar(x, like):
+        return jnp.asarray(float(np.asarray(T.to_numpy(x)).reshape(())), like.dtype)
+
+    new = st
+    n = len(old_dirs)
+    if n:
+        new = new._replace(
+            old_dirs=new.old_dirs.at[:n].set(jnp.stack([vec(x, st.d) for x in old_dirs])),
+            old_stps=new.old_stps.at[:n].set(jnp.stack([vec(x, st.d) for x in entry["old_stps"]])),
+            ro=new.ro.at[:n].set(jnp.stack([scalar(x, st.ro[0]) for x in entry["ro"]])),
+        )
+    al = entry.get("al") or []
+    al_values = [scalar(x, st.al[0]) if x is not None else st.al[i] for i, x in enumerate(al)]
+    new = new._replace(
+        count=jnp.asarray(1 if step is None else step, st.count.dtype),
+        func_evals=jnp.asarray(int(entry.get("func_evals", 0)), st.func_evals.dtype),
+        n_iter=jnp.asarray(int(entry.get("n_iter", 0)), st.n_iter.dtype),
+        history_start=jnp.zeros_like(st.history_start),
+        history_len=jnp.asarray(n, st.history_len.dtype),
+        al=new.al.at[: len(al_values)].set(jnp.stack(al_values)) if al_values else new.al,
+    )
+    for key, conv in (
+        ("d", vec),
+        ("prev_flat_grad", vec),
+        ("t", scalar),
+        ("H_diag", scalar),
+        ("prev_loss", scalar),
+    ):
+        if entry.get(key) is not None:
+            like = getattr(st, key)
+            new = new._replace(**{key: conv(entry[key], like)})
+    return new

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.experimental import sparse
 
@@ -226,3 +227,68 @@ def sparse_adam(
         return treedef.unflatten(out_u), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------------------------
+# torch's state_dict entries (jaxupdate.interop.state_dict; torch imported when they run)
+# --------------------------------------------------------------------------------------------
+
+
+def sparse_adam_state_to_torch(state: SparseAdamState, leaves, count: int) -> dict:
+    """``state`` as torch's SparseAdam state entries, ``{parameter position: entry}``.
+
+    torch's SparseAdam keeps its own ``step`` (a Python int) per parameter, made at its first
+    gradient: a parameter that never had one has no state. Used by
+    :func:`jaxupdate.interop.torch_state_dict`.
+    """
+    from jaxupdate.interop import _torch as T
+
+    st = state
+    steps, m, v = (jax.tree.leaves(x) for x in (st.step, st.exp_avg, st.exp_avg_sq))
+    out = {}
+    for i, (s, a, b) in enumerate(zip(steps, m, v, strict=True)):
+        if int(s) > 0:
+            out[i] = {
+                "step": int(s),
+                "exp_avg": T.to_tensor(a),
+                "exp_avg_sq": T.to_tensor(b),
+            }
+    return out
+
+
+def sparse_adam_state_from_torch(state: SparseAdamState, entries, leaves, step) -> SparseAdamState:
+    """``state`` filled from torch's SparseAdam per-parameter entries (empty: no gradient yet).
+
+    The update count is ``step`` or the largest per-parameter step. Raises ``ValueError`` for
+    another number of parameters or buffers of another shape. Used by
+    :func:`jaxupdate.interop.load_torch_state_dict`.
+    """
+    from jaxupdate.interop import _torch as T
+
+    st = state
+    treedef = jax.tree.structure(st.exp_avg)
+    steps, m, v = (list(jax.tree.leaves(x)) for x in (st.step, st.exp_avg, st.exp_avg_sq))
+    if len(entries) != len(m):
+        raise ValueError(f"SparseAdam: {len(entries)} parameters in the state_dict, {len(m)} here")
+    for i, e in enumerate(entries):
+        if not e:
+            continue
+        for key, buf in (("exp_avg", m), ("exp_avg_sq", v)):
+            a = T.to_numpy(e[key])
+            if a.shape != tuple(buf[i].shape):
+                raise ValueError(
+                    f"SparseAdam {key} of parameter {i}: shape {a.shape}, "
+                    f"expected {tuple(buf[i].shape)}"
+                )
+            buf[i] = jnp.asarray(a, buf[i].dtype)
+        steps[i] = jnp.asarray(
+            int(float(np.asarray(T.to_numpy(e["step"])).reshape(()))), steps[i].dtype
+        )
+    return st._replace(
+        count=jnp.asarray(
+            max([0] + [int(s) for s in steps]) if step is None else step, st.count.dtype
+        ),
+        step=jax.tree.unflatten(jax.tree.structure(st.step), steps),
+        exp_avg=jax.tree.unflatten(treedef, m),
+        exp_avg_sq=jax.tree.unflatten(treedef, v),
+    )
