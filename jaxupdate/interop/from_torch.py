@@ -370,6 +370,12 @@ def _order_check(groups: list):
     groups' hyperparameters, silently (fresh state) or with a shape error deep in the state
     loading. Equal shapes in swapped places cannot be told apart: use
     ``weights_from_torch(model, optimizer=opt)``, which orders by the optimizer.
+
+    Each leaf is compared by its number of elements, not its shape: a flax nnx model keeps
+    Linear and Conv kernels transposed (``(in, out)`` for torch's ``(out, in)``). With a single
+    param group every leaf gets the same hyperparameters, so only the count is checked: an nnx
+    model's leaves come in path order, not torch's, and that is fine there (a loaded state is
+    checked leaf by leaf by the state loader).
     """
     want = [
         (g, j, tuple(p.shape), bool(p.is_complex()))
@@ -386,9 +392,13 @@ def _order_check(groups: list):
                 f"parameters ({sizes} per group): give a pytree whose leaves are the "
                 "optimizer's parameters in param-group order"
             )
+        if len(sizes) == 1:
+            return
         for i, (path, x, (g, j, shape, cplx)) in enumerate(zip(paths, leaves, want)):
             have = tuple(jnp.shape(x))
-            if have == shape or (cplx and have == shape + (2,)):  # complex as a real view
+            n = math.prod(shape) * (2 if cplx else 1)
+            # complex as a real view; nnx kernels transposed
+            if have == shape or math.prod(have) * (2 if jnp.iscomplexobj(x) else 1) == n:
                 continue
             raise ValueError(
                 f"leaf {i} ({path!r}) has shape {have}, but the torch optimizer's parameter "
