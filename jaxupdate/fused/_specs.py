@@ -1,0 +1,190 @@
+"""What each fused optimizer passes to its kernel: the scalars (resolved and cast exactly as
+the XLA path does it), the state arrays, and the chain state after the step.
+
+A transformation built with ``fused=True`` is the ordinary chain (same ``init``, ``update`` and
+state types, so checkpoints, ``to_torch`` and ``state_dict`` interop see no difference) with a
+:class:`FusedSpec` left on ``tx.update``; :func:`jaxupdate.step` reads it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxupdate._hparams import bias_correction, cast, is_number, resolve, step_float
+
+_ATTR = "_jaxupdate_fused"
+
+
+class FusedSpec(NamedTuple):
+    """``kind``: kernel family; ``blocks``: names of the chain's blocks, in order;
+    ``hparams``: normalized hyperparameters (hashable: floats, arrays by identity, schedules);
+    ``n_state``: arrays per leaf in the kernel's state."""
+
+    kind: str
+    blocks: Tuple[str, ...]
+    hparams: Any
+    n_state: int
+
+    def __hash__(self):
+        return hash((self.kind, self.blocks, self.n_state, tuple(map(id, self.hparams))))
+
+    def __eq__(self, other):
+        return self is other
+
+
+def attach(tx, spec: FusedSpec):
+    setattr(tx.update, _ATTR, spec)
+    return tx
+
+
+def spec_of(tx):
+    """The :class:`FusedSpec` of a ``fused=True`` transformation, else ``None``."""
+    return getattr(getattr(tx, "update", None), _ATTR, None)
+
+
+class _Like(NamedTuple):
+    dtype: Any
+
+
+def _c(s, dtype):
+    # jaxupdate._hparams.cast against an array of this dtype
+    return cast(s, _Like(jnp.dtype(dtype)))
+
+
+def _flag(b, dtype):
+    return jnp.asarray(b, dtype)
+
+
+def _wide(dtype) -> bool:
+    # jaxupdate._hparams.fused_dtype: float32 computed in float64 under x64
+    return jnp.dtype(dtype) == jnp.float32 and bool(jax.config.jax_enable_x64)
+
+
+def _lerp_scalars(weight, dtype):
+    """(small, w, 1 - w) of jaxupdate.transforms.moments.lerp."""
+    if is_number(weight):
+        w = _c(weight, dtype)
+        return _flag(abs(weight) < 0.5, dtype), w, 1 - w
+    w = _c(weight, dtype)
+    return (jnp.abs(w) < 0.5).astype(dtype), w, 1 - w
+
+
+def _grad_scalars(spec, state, dtype, wd):
+    """maximize, coupled weight decay (flag, value)."""
+    b = spec.blocks
+    if "wd" in b:
+        value = _c(resolve(wd, state[b.index("wd")].count), dtype)
+        return [_flag("maximize" in b, dtype), _flag(1, dtype), value]
+    return [_flag("maximize" in b, dtype), _flag(0, dtype), _flag(0, dtype)]
+
+
+def _neg_lr(spec, state, lr, dtype):
+    return _c(-resolve(lr, state[spec.blocks.index("lr")].count), dtype)
+
+
+def _stack(values, dtype):
+    return jnp.stack([jnp.asarray(v, dtype).reshape(()) for v in values])
+
+
+def _inv_sqrt(bc, dtype):
+    """``1 / sqrt(bc)`` as XLA computes it in the XLA path, which rewrites torch's
+    ``sqrt(v) / sqrt(bc)`` into ``sqrt(v) * rsqrt(bc)`` (read from the optimized HLO, jaxlib
+    0.10.2): ``rsqrt`` of the scalar when no cast intervenes, else ``1 / cast(sqrt(bc))``."""
+    if jnp.dtype(bc.dtype) == jnp.dtype(dtype):
+        return jax.lax.rsqrt(bc)
+    return _c(1, dtype) / _c(jnp.sqrt(bc), dtype)
+
+
+def adam_scalars(spec, state, dtype):
+    lr, (beta1, beta2), eps, wd = spec.hparams
+    s = state[spec.blocks.index("adam")]
+    b1, b2, e = resolve(beta1, s.count), resolve(beta2, s.count), resolve(eps, s.count)
+    step = step_float(s.count)
+    inv_bc1 = 1.0 / bias_correction(b1, step)
+    small, w, omw = _lerp_scalars(1.0 - b1, dtype)
+    if "dwd" in spec.blocks:
+        c = state[spec.blocks.index("dwd")].count
+        dwd = [_flag(1, dtype), _c(1.0 - resolve(lr, c) * resolve(wd, c), dtype)]
+    else:
+        dwd = [_flag(0, dtype), _flag(1, dtype)]
+    return _stack(
+        _grad_scalars(spec, state, dtype, wd)
+        + [small, w, omw, _c(b2, dtype), _c(1.0 - b2, dtype),
+           _inv_sqrt(bias_correction(b2, step), dtype), _c(e, dtype),
+           _c(inv_bc1, dtype), _neg_lr(spec, state, lr, dtype)]
+        + dwd + [_flag(_wide(dtype), dtype)],
+        dtype,
+    )
+
+
+def adam_state(spec, state):
+    s = state[spec.blocks.index("adam")]
+    fields = [s.exp_avg, s.exp_avg_sq]
+    return fields + ([s.max_exp_avg_sq] if spec.n_state == 3 else [])
+
+
+def adam_rebuild(spec, state, arrays):
+    s = state[spec.blocks.index("adam")]
+    new = s._replace(exp_avg=arrays[0], exp_avg_sq=arrays[1],
+                     max_exp_avg_sq=arrays[2] if spec.n_state == 3 else None)
+    return _advance(spec, state, "adam", new)
+
+
+def _advance(spec, state, main, new_main):
+    """The chain state after one step: every block's ``count`` incremented (as each block's
+    ``update`` does), ``main``'s arrays replaced."""
+    out = []
+    for name, s in zip(spec.blocks, state):
+        if name == main:
+            s = new_main
+        if "count" in getattr(s, "_fields", ()):
+            s = s._replace(count=optax.safe_increment(s.count))
+        out.append(s)
+    return type(state)(out) if not hasattr(state, "_fields") else type(state)(*out)
+
+
+class Kernel(NamedTuple):
+    handler: Callable  # n_state -> numba cfunc
+    scalars: Callable
+    state: Callable
+    rebuild: Callable
+
+
+def kernel(kind: str) -> Kernel:
+    from jaxupdate.fused import _kernels as K
+
+    return {
+        "adam": Kernel(K.adam_handler, adam_scalars, adam_state, adam_rebuild),
+    }[kind]
+
+
+def adam_spec(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled) -> FusedSpec:
+    """The spec of ``jaxupdate.optim.adam``'s chain (same block order as ``_adam_chain``)."""
+    from jaxupdate._hparams import is_static_zero
+    from jaxupdate.optim._base import check_adam_hparams
+
+    lr, betas, eps, weight_decay = check_adam_hparams(lr, betas, eps, weight_decay)
+    decay = not is_static_zero(weight_decay)
+    blocks = (("maximize",) if maximize else ()) + (
+        ("wd",) if decay and not decoupled else ()) + ("adam", "lr") + (
+        ("dwd",) if decay and decoupled else ())
+    return FusedSpec("adam", blocks, (lr, betas, eps, weight_decay), 3 if amsgrad else 2)
+
+
+def fused(tx, spec: FusedSpec):
+    """``tx`` marked for :func:`jaxupdate.step`'s kernel (numba checked here, as torch checks
+    ``fused=True`` support at construction)."""
+    from jaxupdate.fused import require_numba
+
+    if jax.default_backend() == "cpu":
+        require_numba()
+    return attach(tx, spec)
+
+
+def with_fused(flag: bool, spec_fn_result: FusedSpec, tx):
+    """``tx`` itself when ``flag`` is false, else ``tx`` marked with the spec (:func:`fused`)."""
+    return fused(tx, spec_fn_result) if flag else tx

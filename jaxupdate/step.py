@@ -1,0 +1,136 @@
+"""``ju.step``: one optimizer step that writes the new parameters itself.
+
+``params, opt_state = ju.step(tx, params, grads, opt_state)`` is ``tx.update`` followed by
+``ju.apply_updates`` for every transformation, except a ``fused=True`` one on CPU, where a
+single in-place pass per element updates parameters and state together (torch's fused
+kernels; see :mod:`jaxupdate.fused`). The numbers are the same either way.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+import optax
+
+from jaxupdate.fused import _specs
+
+# "cpu": the numba kernels wherever the parameters live on CPU; "xla": always the XLA path
+# (what a GPU runs; the tests force it on CPU to check that route)
+BACKEND = "auto"
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _use_kernel(spec, params, extra_args) -> bool:
+    if spec is None or extra_args or BACKEND == "xla":
+        return False
+    if jax.default_backend() != "cpu":
+        return False  # GPU / TPU: XLA fuses the elementwise step itself (multi-output fusion)
+    leaves = jax.tree.leaves(params)
+    return all(np.dtype(getattr(x, "dtype", np.float64)) in _KERNEL_DTYPES for x in leaves)
+
+
+def _not_differentiable(*_):
+    raise TypeError(
+        "ju.step with a fused=True optimizer is not differentiable (neither is torch's "
+        "fused=True). Differentiate through the XLA path instead: build the optimizer with "
+        "fused=False and use tx.update(grads, opt_state, params) + ju.apply_updates (or "
+        "ju.step, which then runs that path)."
+    )
+
+
+def _not_batchable(*_):
+    raise TypeError(
+        "ju.step with a fused=True optimizer cannot be vmapped: its kernel updates buffers in "
+        "place. Use fused=False (tx.update + ju.apply_updates), which vmaps."
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_fn(spec):
+    """(params, grads, opt_state) -> (params, opt_state) through the FFI kernel; refuses
+    jvp / vjp (custom_jvp) and vmap (custom_vmap) with a message naming the XLA path."""
+    from jaxupdate.fused import _call
+
+    k = _specs.kernel(spec.kind)
+    name = _call.target(f"{spec.kind}_{spec.n_state}", k.handler(spec.n_state))
+
+    def run(params, grads, opt_state):
+        p_leaves, treedef = jax.tree.flatten(params)
+        g_leaves = treedef.flatten_up_to(grads)
+        fields = [treedef.flatten_up_to(t) for t in k.state(spec, opt_state)]
+        dtypes = {np.dtype(x.dtype) for x in p_leaves}
+        scalars = {dt: k.scalars(spec, opt_state, dt) for dt in dtypes}
+        new_p, new_s = _call.call(name, scalars, p_leaves, g_leaves, fields)
+        new_state = k.rebuild(spec, opt_state, [treedef.unflatten(s) for s in new_s])
+        return treedef.unflatten(new_p), new_state
+
+    batched = jax.custom_batching.custom_vmap(run)
+    batched.def_vmap(_not_batchable)
+    guarded = jax.custom_jvp(batched)
+    guarded.defjvp(_not_differentiable)
+    return guarded
+
+
+@functools.lru_cache(maxsize=None)
+def _eager(fn):
+    # outside jit: compiled once, parameters and state donated (updated in place)
+    return jax.jit(fn, donate_argnums=(0, 2))
+
+
+def _is_traced(tree) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+def step(tx, params, grads, opt_state, **extra_args):
+    r"""One optimizer step: ``params, opt_state = ju.step(tx, params, grads, opt_state)``.
+
+    Algorithm: for a ``fused=True`` optimizer on CPU (float32 / float64 parameters), torch's
+    ``_fused_<name>`` in spirit: one numba-compiled XLA FFI kernel walks every leaf once,
+    reading ``param, grad`` and the state and writing ``param`` and the state in place (the
+    per-element arithmetic is the XLA path's, so the numbers are identical). Otherwise, for
+    every jaxupdate (or optax) transformation::
+
+        updates, opt_state = tx.update(grads, opt_state, params, **extra_args)
+        params = ju.apply_updates(params, updates)
+
+    Under ``jax.jit`` it emits that computation (donate ``params`` and ``opt_state`` in your
+    ``jit`` so the kernel updates them without copies); called outside ``jit`` it compiles
+    itself once and donates ``params`` and ``opt_state``: the arrays passed in are consumed,
+    as ``torch.optim``'s ``step()`` overwrites its tensors. Not differentiable and not
+    vmappable with a fused optimizer (as torch's ``fused=True``): use ``fused=False`` there.
+
+    Args:
+      tx: any ``optax.GradientTransformation`` (e.g. ``ju.adam(lr=1e-3, fused=True)``).
+      params, grads, opt_state: as for ``tx.update``.
+      **extra_args: passed to ``tx.update`` (e.g. ``value=`` for ReduceLROnPlateau); the
+        fused kernel takes none, so with extra arguments the XLA path runs.
+
+    Returns:
+      ``(new_params, new_opt_state)``.
+
+    Example::
+
+        >>> import jax.numpy as jnp, jaxupdate as ju
+        >>> tx = ju.sgd(lr=0.1, momentum=0.9)
+        >>> params = {"w": jnp.array([1.0, 2.0])}
+        >>> opt_state = tx.init(params)
+        >>> params, opt_state = ju.step(tx, params, {"w": jnp.array([1.0, 1.0])}, opt_state)
+        >>> params["w"]
+        Array([0.9, 1.9], dtype=float32)
+    """
+    spec = _specs.spec_of(tx)
+    if _use_kernel(spec, params, extra_args):
+        fn = _kernel_fn(spec)
+        if not (_is_traced(params) or _is_traced(grads) or _is_traced(opt_state)):
+            fn = _eager(fn)
+        return fn(params, grads, opt_state)
+    updates, opt_state = tx.update(grads, opt_state, params, **extra_args)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def fused_available(tx) -> bool:
+    """Whether ``ju.step(tx, ...)`` would run a fused kernel for float32 parameters here."""
+    return _use_kernel(_specs.spec_of(tx), [np.zeros(1, np.float32)], {})
