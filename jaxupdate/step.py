@@ -52,10 +52,10 @@ def _not_batchable(*_):
 def _kernel_fn(spec):
     """(params, grads, opt_state) -> (params, opt_state) through the FFI kernel; refuses
     jvp / vjp (custom_jvp) and vmap (custom_vmap) with a message naming the XLA path."""
-    from jaxupdate.fused import _call
+    from jaxupdate.fused import _call, _kernels
 
-    k = _specs.kernel(spec.kind)
-    name = _call.target(f"{spec.kind}_{spec.n_state}", k.handler(spec.n_state))
+    k = _specs.KERNELS[spec.kind]
+    name = _call.target(f"{spec.kind}_{spec.n_state}", _kernels.handler(spec.kind, spec.n_state))
 
     def run(params, grads, opt_state):
         p_leaves, treedef = jax.tree.flatten(params)
@@ -78,6 +78,16 @@ def _kernel_fn(spec):
 def _eager(fn):
     # outside jit: compiled once, parameters and state donated (updated in place)
     return jax.jit(fn, donate_argnums=(0, 2))
+
+
+def _xla_step(tx, params, grads, opt_state, **extra_args):
+    updates, opt_state = tx.update(grads, opt_state, params, **extra_args)
+    return optax.apply_updates(params, updates), opt_state
+
+
+@functools.lru_cache(maxsize=64)
+def _eager_xla(tx):
+    return jax.jit(functools.partial(_xla_step, tx), donate_argnums=(0, 2))
 
 
 def _is_traced(tree) -> bool:
@@ -127,8 +137,13 @@ def step(tx, params, grads, opt_state, **extra_args):
         if not (_is_traced(params) or _is_traced(grads) or _is_traced(opt_state)):
             fn = _eager(fn)
         return fn(params, grads, opt_state)
-    updates, opt_state = tx.update(grads, opt_state, params, **extra_args)
-    return optax.apply_updates(params, updates), opt_state
+    if _is_traced((params, grads, opt_state, extra_args)):
+        return _xla_step(tx, params, grads, opt_state, **extra_args)
+    try:
+        jitted = _eager_xla(tx)
+    except TypeError:  # a transformation that cannot be hashed: op by op
+        return _xla_step(tx, params, grads, opt_state, **extra_args)
+    return jitted(params, grads, opt_state, **extra_args)
 
 
 def fused_available(tx) -> bool:

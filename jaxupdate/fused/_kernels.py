@@ -89,10 +89,11 @@ def _grad(g, p, maximize, coupled, wd, wide):
 
 
 @njit(**_OPTS)
-def adam_loop(sc, p, g, m, v, vm, n, amsgrad):
+def adam_loop(sc, p, g, m, v, vm, n, n_state):
+    amsgrad = n_state == 3
     maximize, coupled, wd = sc[0] != 0, sc[1] != 0, sc[2]
     small, w, omw, b2, omb2 = sc[3] != 0, sc[4], sc[5], sc[6], sc[7]
-    inv_bc2s, eps, ibc1, neglr = sc[8], sc[9], sc[10], sc[11]
+    bc2s, eps, ibc1, neglr = sc[8], sc[9], sc[10], sc[11]
     dwd, factor, wide = sc[12] != 0, sc[13], sc[14] != 0
     for i in range(n):
         pi = p[i]
@@ -104,8 +105,10 @@ def adam_loop(sc, p, g, m, v, vm, n, amsgrad):
         if amsgrad:
             vi = _maximum(vm[i], vi)
             vm[i] = vi
-        # XLA rewrites sqrt(v) / bc2_sqrt as sqrt(v) * (1 / bc2_sqrt) and contracts the + eps
-        denom = fma(np.sqrt(vi), inv_bc2s, eps)
+        # torch's division (XLA keeps it when the leaf arithmetic is a nested call, as for
+        # trees of >= 8 leaves; on fewer leaves it may rewrite it as sqrt(v) * rsqrt(bc2),
+        # 1 ulp apart on about 1% of elements)
+        denom = np.sqrt(vi) / bc2s + eps
         d = (ibc1 * mi) / denom
         u = _delta(_add_scaled(pi, neglr, d, wide), pi)
         if dwd:
@@ -113,25 +116,97 @@ def adam_loop(sc, p, g, m, v, vm, n, amsgrad):
         p[i] = pi + u
 
 
+@njit(inline="always", **_OPTS)
+def _momentum(buf, mom, keep, x, wide):
+    # add_scaled(mul_scalar(buf, mom), keep, x): XLA contracts the first product; in the wide
+    # case it keeps buf * mom in float64 (XLA's default xla_allow_excess_precision)
+    if wide:
+        wide_buf = np.float64(buf) * np.float64(mom)
+        return round_like(wide_buf + np.float64(keep) * np.float64(x), x)
+    return fma(buf, mom, keep * x)
+
+
+@njit(**_OPTS)
+def sgd_loop(sc, p, g, buf, s2, s3, n, n_state):
+    maximize, coupled, wd = sc[0] != 0, sc[1] != 0, sc[2]
+    first, mom, keep, nesterov = sc[3] != 0, sc[4], sc[5], sc[6] != 0
+    neglr, wide = sc[7], sc[8] != 0
+    for i in range(n):
+        pi = p[i]
+        gi = _grad(g[i], pi, maximize, coupled, wd, wide)
+        d = gi
+        if n_state == 1:
+            # torch_momentum: buf = g on the first step (grad.clone()), else the formula
+            b = gi if first else _momentum(buf[i], mom, keep, gi, wide)
+            buf[i] = b
+            d = _add_scaled(gi, mom, b, wide) if nesterov else b
+        p[i] = pi + _delta(_add_scaled(pi, neglr, d, wide), pi)
+
+
+@njit(**_OPTS)
+def adagrad_loop(sc, p, g, acc, s2, s3, n, n_state):
+    maximize, coupled, wd = sc[0] != 0, sc[1] != 0, sc[2]
+    negclr, eps, wide = sc[3], sc[4], sc[5] != 0
+    for i in range(n):
+        pi = p[i]
+        gi = _grad(g[i], pi, maximize, coupled, wd, wide)
+        si = _addcmul1(acc[i], gi, gi, wide)
+        acc[i] = si
+        # torch_adagrad's update (-clr * g) / (sqrt(sum) + eps), added by apply_updates
+        p[i] = pi + (negclr * gi) / (np.sqrt(si) + eps)
+
+
+@njit(**_OPTS)
+def rmsprop_loop(sc, p, g, sq, s2, s3, n, n_state):
+    maximize, coupled, wd = sc[0] != 0, sc[1] != 0, sc[2]
+    a, oma, centered, small, w, omw = sc[3], sc[4], sc[5] != 0, sc[6] != 0, sc[7], sc[8]
+    eps, has_mom, mom, keep, neglr, wide = sc[9], sc[10] != 0, sc[11], sc[12], sc[13], sc[14] != 0
+    for i in range(n):
+        pi = p[i]
+        gi = _grad(g[i], pi, maximize, coupled, wd, wide)
+        si = _ema_square(sq[i], gi, a, oma)
+        sq[i] = si
+        if centered:
+            gai = _lerp(s2[i], gi, small, w, omw)
+            s2[i] = gai
+            avg = np.sqrt(fma(-gai, gai, si))  # sqrt(square_avg - grad_avg**2), contracted
+        else:
+            avg = np.sqrt(si)
+        d = gi / (avg + eps)
+        if has_mom:
+            bufs = s3 if centered else s2
+            b = _momentum(bufs[i], mom, keep, d, wide)
+            bufs[i] = b
+            d = b
+        p[i] = pi + _delta(_add_scaled(pi, neglr, d, wide), pi)
+
+
+_LOOPS = {"adam": adam_loop, "sgd": sgd_loop, "adagrad": adagrad_loop, "rmsprop": rmsprop_loop}
+_N_SCALARS = {"adam": 15, "sgd": 9, "adagrad": 6, "rmsprop": 15}
+
+
 @functools.lru_cache(maxsize=None)
-def adam_handler(n_state):
-    amsgrad = n_state == 3
+def handler(kind, n_state):
+    """The XLA handler of optimizer ``kind`` with ``n_state`` state arrays per leaf."""
+    loop = _LOOPS[kind]
+    n_sc = _N_SCALARS[kind]
 
     @cfunc(types.int64(types.int64), **_OPTS)
-    def handler(frame):
+    def run(frame):
         count, args, rets, sc_addr, dtype = leaves(frame, n_state)
-        a = np.empty(2 + n_state, np.int64)
+        a = np.empty(5, np.int64)
         for i in range(count):
             n = leaf(args, rets, i, n_state, a)
-            last = a[4] if amsgrad else a[0]
+            for k in range(2 + n_state, 5):
+                a[k] = a[0]  # unused state slots: never touched by the loop
             if dtype == F32:
-                adam_loop(carray(f32p(sc_addr), 15), carray(f32p(a[0]), n),
-                          carray(f32p(a[1]), n), carray(f32p(a[2]), n),
-                          carray(f32p(a[3]), n), carray(f32p(last), n), n, amsgrad)
+                loop(carray(f32p(sc_addr), n_sc), carray(f32p(a[0]), n),
+                     carray(f32p(a[1]), n), carray(f32p(a[2]), n),
+                     carray(f32p(a[3]), n), carray(f32p(a[4]), n), n, n_state)
             elif dtype == F64:
-                adam_loop(carray(f64p(sc_addr), 15), carray(f64p(a[0]), n),
-                          carray(f64p(a[1]), n), carray(f64p(a[2]), n),
-                          carray(f64p(a[3]), n), carray(f64p(last), n), n, amsgrad)
+                loop(carray(f64p(sc_addr), n_sc), carray(f64p(a[0]), n),
+                     carray(f64p(a[1]), n), carray(f64p(a[2]), n),
+                     carray(f64p(a[3]), n), carray(f64p(a[4]), n), n, n_state)
         return 0
 
-    return handler
+    return run

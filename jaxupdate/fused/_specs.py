@@ -90,15 +90,6 @@ def _stack(values, dtype):
     return jnp.stack([jnp.asarray(v, dtype).reshape(()) for v in values])
 
 
-def _inv_sqrt(bc, dtype):
-    """``1 / sqrt(bc)`` as XLA computes it in the XLA path, which rewrites torch's
-    ``sqrt(v) / sqrt(bc)`` into ``sqrt(v) * rsqrt(bc)`` (read from the optimized HLO, jaxlib
-    0.10.2): ``rsqrt`` of the scalar when no cast intervenes, else ``1 / cast(sqrt(bc))``."""
-    if jnp.dtype(bc.dtype) == jnp.dtype(dtype):
-        return jax.lax.rsqrt(bc)
-    return _c(1, dtype) / _c(jnp.sqrt(bc), dtype)
-
-
 def adam_scalars(spec, state, dtype):
     lr, (beta1, beta2), eps, wd = spec.hparams
     s = state[spec.blocks.index("adam")]
@@ -114,7 +105,7 @@ def adam_scalars(spec, state, dtype):
     return _stack(
         _grad_scalars(spec, state, dtype, wd)
         + [small, w, omw, _c(b2, dtype), _c(1.0 - b2, dtype),
-           _inv_sqrt(bias_correction(b2, step), dtype), _c(e, dtype),
+           _c(jnp.sqrt(bias_correction(b2, step)), dtype), _c(e, dtype),
            _c(inv_bc1, dtype), _neg_lr(spec, state, lr, dtype)]
         + dwd + [_flag(_wide(dtype), dtype)],
         dtype,
@@ -131,35 +122,152 @@ def adam_rebuild(spec, state, arrays):
     s = state[spec.blocks.index("adam")]
     new = s._replace(exp_avg=arrays[0], exp_avg_sq=arrays[1],
                      max_exp_avg_sq=arrays[2] if spec.n_state == 3 else None)
-    return _advance(spec, state, "adam", new)
+    return _advance(spec, state, {"adam": new})
 
 
-def _advance(spec, state, main, new_main):
+def _advance(spec, state, replaced):
     """The chain state after one step: every block's ``count`` incremented (as each block's
-    ``update`` does), ``main``'s arrays replaced."""
+    ``update`` does), the blocks in ``replaced`` (name -> new state) replaced."""
     out = []
     for name, s in zip(spec.blocks, state):
-        if name == main:
-            s = new_main
+        s = replaced.get(name, s)
         if "count" in getattr(s, "_fields", ()):
             s = s._replace(count=optax.safe_increment(s.count))
         out.append(s)
     return type(state)(out) if not hasattr(state, "_fields") else type(state)(*out)
 
 
+def _block(spec, state, name):
+    return state[spec.blocks.index(name)]
+
+
+def sgd_scalars(spec, state, dtype):
+    lr, momentum, dampening, wd, nesterov = spec.hparams
+    if "mom" in spec.blocks:
+        c = _block(spec, state, "mom").count
+        mom = resolve(momentum, c)
+        mom_part = [(c == 0).astype(dtype), _c(mom, dtype),
+                    _c(1.0 - resolve(dampening, c), dtype), _flag(nesterov, dtype)]
+    else:
+        mom_part = [_flag(0, dtype)] * 4
+    return _stack(_grad_scalars(spec, state, dtype, wd) + mom_part
+                  + [_neg_lr(spec, state, lr, dtype), _flag(_wide(dtype), dtype)], dtype)
+
+
+def sgd_state(spec, state):
+    return [_block(spec, state, "mom").momentum_buffer] if "mom" in spec.blocks else []
+
+
+def sgd_rebuild(spec, state, arrays):
+    if "mom" not in spec.blocks:
+        return _advance(spec, state, {})
+    new = _block(spec, state, "mom")._replace(momentum_buffer=arrays[0])
+    return _advance(spec, state, {"mom": new})
+
+
+def adagrad_scalars(spec, state, dtype):
+    lr, lr_decay, eps, wd = spec.hparams
+    c = _block(spec, state, "adagrad").count
+    # torch_adagrad: clr = lr / (1 + (step - 1) * lr_decay), in the scalar dtype
+    count = jnp.asarray(c, step_float(c).dtype)
+    clr = resolve(lr, c) / (1.0 + count * resolve(lr_decay, c))
+    return _stack(_grad_scalars(spec, state, dtype, wd)
+                  + [_c(-clr, dtype), _c(resolve(eps, c), dtype), _flag(_wide(dtype), dtype)],
+                  dtype)
+
+
+def adagrad_state(spec, state):
+    return [_block(spec, state, "adagrad").sum]
+
+
+def adagrad_rebuild(spec, state, arrays):
+    new = _block(spec, state, "adagrad")._replace(sum=arrays[0])
+    return _advance(spec, state, {"adagrad": new})
+
+
+def rmsprop_scalars(spec, state, dtype):
+    lr, alpha, eps, wd, momentum, centered = spec.hparams
+    c = _block(spec, state, "rms").count
+    a = resolve(alpha, c)
+    small, w, omw = _lerp_scalars(1.0 - a, dtype)
+    if "mom" in spec.blocks:
+        cm = _block(spec, state, "mom").count
+        # torch_momentum(momentum, first_step_copies=False): dampening 0, so keep = 1.0
+        mom_part = [_flag(1, dtype), _c(resolve(momentum, cm), dtype),
+                    _c(1.0 - resolve(0.0, cm), dtype)]
+    else:
+        mom_part = [_flag(0, dtype)] * 3
+    return _stack(_grad_scalars(spec, state, dtype, wd)
+                  + [_c(a, dtype), _c(1.0 - a, dtype), _flag(centered, dtype), small, w, omw,
+                     _c(resolve(eps, c), dtype)] + mom_part
+                  + [_neg_lr(spec, state, lr, dtype), _flag(_wide(dtype), dtype)], dtype)
+
+
+def rmsprop_state(spec, state):
+    rms = _block(spec, state, "rms")
+    out = [rms.square_avg] + ([rms.grad_avg] if rms.grad_avg is not None else [])
+    if "mom" in spec.blocks:
+        out.append(_block(spec, state, "mom").momentum_buffer)
+    return out
+
+
+def rmsprop_rebuild(spec, state, arrays):
+    rms = _block(spec, state, "rms")
+    centered = rms.grad_avg is not None
+    replaced = {"rms": rms._replace(square_avg=arrays[0],
+                                    grad_avg=arrays[1] if centered else None)}
+    if "mom" in spec.blocks:
+        mom = _block(spec, state, "mom")
+        replaced["mom"] = mom._replace(momentum_buffer=arrays[2 if centered else 1])
+    return _advance(spec, state, replaced)
+
+
 class Kernel(NamedTuple):
-    handler: Callable  # n_state -> numba cfunc
     scalars: Callable
     state: Callable
     rebuild: Callable
 
 
-def kernel(kind: str) -> Kernel:
-    from jaxupdate.fused import _kernels as K
+KERNELS = {
+    "adam": Kernel(adam_scalars, adam_state, adam_rebuild),
+    "sgd": Kernel(sgd_scalars, sgd_state, sgd_rebuild),
+    "adagrad": Kernel(adagrad_scalars, adagrad_state, adagrad_rebuild),
+    "rmsprop": Kernel(rmsprop_scalars, rmsprop_state, rmsprop_rebuild),
+}
 
-    return {
-        "adam": Kernel(K.adam_handler, adam_scalars, adam_state, adam_rebuild),
-    }[kind]
+
+def _prefix(maximize, weight_decay):
+    from jaxupdate._hparams import is_static_zero
+
+    return (("maximize",) if maximize else ()) + (
+        () if is_static_zero(weight_decay) else ("wd",))
+
+
+def sgd_spec(lr, momentum, dampening, weight_decay, nesterov, maximize) -> FusedSpec:
+    """The spec of ``jaxupdate.optim.sgd``'s chain (arguments as normalized there)."""
+    from jaxupdate._hparams import is_static_zero
+
+    has_mom = not is_static_zero(momentum)
+    blocks = _prefix(maximize, weight_decay) + (("mom",) if has_mom else ()) + ("lr",)
+    hp = (lr, momentum, dampening, weight_decay, nesterov)
+    return FusedSpec("sgd", blocks, hp, 1 if has_mom else 0)
+
+
+def adagrad_spec(lr, lr_decay, weight_decay, eps, maximize) -> FusedSpec:
+    """The spec of ``jaxupdate.optim.adagrad``'s chain (arguments as normalized there)."""
+    blocks = _prefix(maximize, weight_decay) + ("adagrad",)
+    return FusedSpec("adagrad", blocks, (lr, lr_decay, eps, weight_decay), 1)
+
+
+def rmsprop_spec(lr, alpha, eps, weight_decay, momentum, centered, maximize) -> FusedSpec:
+    """The spec of ``jaxupdate.optim.rmsprop``'s chain (arguments as normalized there)."""
+    from jaxupdate._hparams import is_static_zero
+
+    has_mom = not is_static_zero(momentum)
+    blocks = _prefix(maximize, weight_decay) + ("rms",) + (("mom",) if has_mom else ()) + (
+        "lr",)
+    hp = (lr, alpha, eps, weight_decay, momentum, centered)
+    return FusedSpec("rmsprop", blocks, hp, 1 + int(centered) + int(has_mom))
 
 
 def adam_spec(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled) -> FusedSpec:
