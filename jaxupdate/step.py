@@ -55,7 +55,7 @@ def _kernel_fn(spec):
     from jaxupdate.fused import _call, _kernels
 
     k = _specs.KERNELS[spec.kind]
-    name = _call.target(f"{spec.kind}_{spec.n_state}", _kernels.handler(spec.kind, spec.n_state))
+    name = _call.target("step", _kernels.handler)
 
     def run(params, grads, opt_state):
         p_leaves, treedef = jax.tree.flatten(params)

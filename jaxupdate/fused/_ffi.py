@@ -80,14 +80,14 @@ def _metadata(ext_addr):
 
 @njit(cache=True)
 def _frame(frame_addr):
-    """(ok, execute, nargs, args**, rets**) of an XLA_FFI_CallFrame."""
+    """(ok, execute, nargs, args**, rets**, nrets) of an XLA_FFI_CallFrame."""
     f = carray(_i64p(frame_addr), 22)
     if f[1] != 0 and _metadata(f[1]) == 1:
-        return False, False, 0, 0, 0
+        return False, False, 0, 0, 0, 0
     if f[0] < _CALL_FRAME_SIZE or f[5] < _ARGS_SIZE or f[10] < _ARGS_SIZE:
-        return False, False, 0, 0, 0
+        return False, False, 0, 0, 0, 0
     execute = (f[4] & 0xFFFFFFFF) == _STAGE_EXECUTE
-    return True, execute, f[7], f[9], f[14]
+    return True, execute, f[7], f[9], f[14], f[12]
 
 
 @njit(cache=True)
@@ -105,16 +105,21 @@ def _buffer(table_addr, index):
 
 
 @njit(cache=True)
-def leaves(frame_addr, n_state):
-    """(n_leaves, args**, rets**, scalars address, dtype code) of an execute-stage call frame;
-    n_leaves = -1 for any other call (metadata query, other stages, unknown structs)."""
-    ok, execute, nargs, args, rets = _frame(frame_addr)
-    if not ok or not execute:
-        return -1, 0, 0, 0, 0
+def leaves(frame_addr):
+    """(n_leaves, args**, rets**, scalars address, scalars count, dtype code, state arrays per
+    leaf) of an execute-stage call frame; n_leaves = -1 for any other call (metadata query,
+    other stages, unknown structs). Operands ``1 + L * (2 + k)`` and results ``L * (1 + k)``
+    give L (leaves) and k."""
+    ok, execute, nargs, args, rets, nrets = _frame(frame_addr)
+    n_leaves = nargs - nrets - 1
+    if not ok or not execute or n_leaves <= 0:
+        return -1, 0, 0, 0, 0, 0, 0
     sc_buf = carray(_i64p(carray(_i64p(args), 1)[0]), 6)
     if sc_buf[0] < _BUFFER_SIZE:
-        return -1, 0, 0, 0, 0
-    return (nargs - 1) // (2 + n_state), args, rets, sc_buf[3], sc_buf[2] & 0xFFFFFFFF
+        return -1, 0, 0, 0, 0, 0, 0
+    n_state = nrets // n_leaves - 1
+    sc_addr, n_sc = _buffer(args, 0)
+    return n_leaves, args, rets, sc_addr, n_sc, sc_buf[2] & 0xFFFFFFFF, n_state
 
 
 @njit(cache=True)

@@ -19,8 +19,6 @@ float64 and round once (torch's single-rounding CPU kernels).
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from numba import carray, cfunc, njit, types
 
@@ -181,32 +179,40 @@ def rmsprop_loop(sc, p, g, sq, s2, s3, n, n_state):
         p[i] = pi + _delta(_add_scaled(pi, neglr, d, wide), pi)
 
 
-_LOOPS = {"adam": adam_loop, "sgd": sgd_loop, "adagrad": adagrad_loop, "rmsprop": rmsprop_loop}
-_N_SCALARS = {"adam": 15, "sgd": 9, "adagrad": 6, "rmsprop": 15}
+KINDS = ("adam", "sgd", "adagrad", "rmsprop")
 
 
-@functools.lru_cache(maxsize=None)
-def handler(kind, n_state):
-    """The XLA handler of optimizer ``kind`` with ``n_state`` state arrays per leaf."""
-    loop = _LOOPS[kind]
-    n_sc = _N_SCALARS[kind]
+@njit(**_OPTS)
+def _loop(kind, sc, p, g, s1, s2, s3, n, n_state):
+    if kind == 0:
+        adam_loop(sc, p, g, s1, s2, s3, n, n_state)
+    elif kind == 1:
+        sgd_loop(sc, p, g, s1, s2, s3, n, n_state)
+    elif kind == 2:
+        adagrad_loop(sc, p, g, s1, s2, s3, n, n_state)
+    elif kind == 3:
+        rmsprop_loop(sc, p, g, s1, s2, s3, n, n_state)
 
-    @cfunc(types.int64(types.int64), **_OPTS)
-    def run(frame):
-        count, args, rets, sc_addr, dtype = leaves(frame, n_state)
-        a = np.empty(5, np.int64)
-        for i in range(count):
-            n = leaf(args, rets, i, n_state, a)
-            for k in range(2 + n_state, 5):
-                a[k] = a[0]  # unused state slots: never touched by the loop
-            if dtype == F32:
-                loop(carray(f32p(sc_addr), n_sc), carray(f32p(a[0]), n),
-                     carray(f32p(a[1]), n), carray(f32p(a[2]), n),
-                     carray(f32p(a[3]), n), carray(f32p(a[4]), n), n, n_state)
-            elif dtype == F64:
-                loop(carray(f64p(sc_addr), n_sc), carray(f64p(a[0]), n),
-                     carray(f64p(a[1]), n), carray(f64p(a[2]), n),
-                     carray(f64p(a[3]), n), carray(f64p(a[4]), n), n, n_state)
-        return 0
 
-    return run
+# XLA's entry point for every fused optimizer, at module level so that numba's on-disk cache
+# keeps it compiled across processes (loading one cached cfunc: ~0.5 s; a closure would be
+# compiled again in every process). The scalars' last element is the index in KINDS.
+@cfunc(types.int64(types.int64), **_OPTS)
+def handler(frame):
+    count, args, rets, sc_addr, n_sc, dtype, n_state = leaves(frame)
+    a = np.empty(5, np.int64)
+    for i in range(count):
+        n = leaf(args, rets, i, n_state, a)
+        for k in range(2 + n_state, 5):
+            a[k] = a[0]  # unused state slots: never touched by the loops
+        if dtype == F32:
+            sc = carray(f32p(sc_addr), n_sc)
+            _loop(int(sc[n_sc - 1]), sc, carray(f32p(a[0]), n), carray(f32p(a[1]), n),
+                  carray(f32p(a[2]), n), carray(f32p(a[3]), n), carray(f32p(a[4]), n), n,
+                  n_state)
+        elif dtype == F64:
+            sc = carray(f64p(sc_addr), n_sc)
+            _loop(int(sc[n_sc - 1]), sc, carray(f64p(a[0]), n), carray(f64p(a[1]), n),
+                  carray(f64p(a[2]), n), carray(f64p(a[3]), n), carray(f64p(a[4]), n), n,
+                  n_state)
+    return 0

@@ -86,7 +86,9 @@ def _neg_lr(spec, state, lr, dtype):
     return _c(-resolve(lr, state[spec.blocks.index("lr")].count), dtype)
 
 
-def _stack(values, dtype):
+def _stack(values, dtype, kind):
+    # the kernel reads the optimizer from the last element (its index in _kernels.KINDS)
+    values = list(values) + [("adam", "sgd", "adagrad", "rmsprop").index(kind)]
     return jnp.stack([jnp.asarray(v, dtype).reshape(()) for v in values])
 
 
@@ -109,6 +111,7 @@ def adam_scalars(spec, state, dtype):
            _c(inv_bc1, dtype), _neg_lr(spec, state, lr, dtype)]
         + dwd + [_flag(_wide(dtype), dtype)],
         dtype,
+        "adam",
     )
 
 
@@ -151,7 +154,7 @@ def sgd_scalars(spec, state, dtype):
     else:
         mom_part = [_flag(0, dtype)] * 4
     return _stack(_grad_scalars(spec, state, dtype, wd) + mom_part
-                  + [_neg_lr(spec, state, lr, dtype), _flag(_wide(dtype), dtype)], dtype)
+                  + [_neg_lr(spec, state, lr, dtype), _flag(_wide(dtype), dtype)], dtype, "sgd")
 
 
 def sgd_state(spec, state):
@@ -173,7 +176,7 @@ def adagrad_scalars(spec, state, dtype):
     clr = resolve(lr, c) / (1.0 + count * resolve(lr_decay, c))
     return _stack(_grad_scalars(spec, state, dtype, wd)
                   + [_c(-clr, dtype), _c(resolve(eps, c), dtype), _flag(_wide(dtype), dtype)],
-                  dtype)
+                  dtype, "adagrad")
 
 
 def adagrad_state(spec, state):
@@ -200,7 +203,8 @@ def rmsprop_scalars(spec, state, dtype):
     return _stack(_grad_scalars(spec, state, dtype, wd)
                   + [_c(a, dtype), _c(1.0 - a, dtype), _flag(centered, dtype), small, w, omw,
                      _c(resolve(eps, c), dtype)] + mom_part
-                  + [_neg_lr(spec, state, lr, dtype), _flag(_wide(dtype), dtype)], dtype)
+                  + [_neg_lr(spec, state, lr, dtype), _flag(_wide(dtype), dtype)],
+                  dtype, "rmsprop")
 
 
 def rmsprop_state(spec, state):
