@@ -369,6 +369,11 @@ def run_config(case: Case, size: int, leaves: int, names, rounds: int, warmup: i
                       "torch-cuda-fused")
         if "jaxupdate" in med and other in med
     }
+    row["ratios"].update({
+        f"jaxupdate-fused/{other}": med["jaxupdate-fused"] / med[other]
+        for other in ("torch-fused", "optax", "jaxupdate", "torch-cuda-fused")
+        if "jaxupdate-fused" in med and other in med
+    })
     return row
 
 
