@@ -161,3 +161,16 @@ def fma(typingctx, a, b, c):
         return builder.fma(*args)
 
     return sig, codegen
+
+
+@intrinsic
+def if_wide(typingctx, marker, wide, narrow):
+    """``wide`` when ``marker`` is a float64, ``narrow`` when it is a float32, decided when
+    compiling: the other value is dead code and LLVM removes its computation, so a loop
+    compiled for each marker type carries only its own arithmetic."""
+    sig = narrow(marker, wide, narrow)
+
+    def codegen(context, builder, signature, args):
+        return args[1] if signature.args[0] == types.float64 else args[2]
+
+    return sig, codegen
