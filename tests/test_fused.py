@@ -236,3 +236,18 @@ def test_parity_with_torch(name, cls, kw, dtype, kernel):
     traj = [[np.asarray(x) for x in p] for p, _ in fused_trajectory(
         tx, [x.astype(npdt) for x in params], [[x.astype(npdt) for x in g] for g in grads])]
     assert rel_err(traj, expected) <= TOL[dtype]
+
+
+def test_example_and_nnx_route():
+    """examples/fused_step.py: jax.jit + ju.step and jaxupdate.nnx_optimizer.Optimizer both
+    equal fused=False bit for bit (the script asserts it)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    res = subprocess.run([sys.executable, str(root / "examples" / "fused_step.py")], cwd=root,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "bit-identical: True" in res.stdout and "max |diff| 0.0e+00" in res.stdout
