@@ -137,7 +137,9 @@ def format_count(n: int) -> str:
 def step_fn(name: str, tx) -> Callable:
     """The step a JAX contender times: ``ju.step`` (one in-place pass) for ``jaxupdate-fused``,
     ``tx.update`` + ``apply_updates`` for the others; ``(params, state, grads) -> (params,
-    state)``."""
+    state)``. The others are timed under ``jax.jit`` with donation (:func:`compiled_step`);
+    ``jaxupdate-fused`` as users call it outside ``jit`` (ju.step compiles and donates per chunk
+    of leaves)."""
     if name == "jaxupdate-fused":
         from jaxupdate.step import step
 
@@ -150,3 +152,14 @@ def step_fn(name: str, tx) -> Callable:
         return optax.apply_updates(params, updates), state
 
     return xla_step
+
+
+def compiled_step(name: str, tx) -> Callable:
+    """:func:`step_fn` ready to time: jitted with params and state donated, except
+    ``jaxupdate-fused``, whose eager ``ju.step`` does that itself."""
+    fn = step_fn(name, tx)
+    if name == "jaxupdate-fused":
+        return fn
+    import jax
+
+    return jax.jit(fn, donate_argnums=(0, 1))

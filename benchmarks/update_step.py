@@ -31,7 +31,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
-from benchmarks.cases import CASES, Case, make_shapes, num_params, step_fn
+from benchmarks.cases import CASES, Case, compiled_step, make_shapes, num_params
 from benchmarks.machine import mem_available_bytes
 
 JAX_CONTENDERS = ("jaxupdate", "jaxupdate-fused", "optax", "xla-floor")
@@ -147,12 +147,11 @@ class Contender:
 
 
 def _jax_contender(name: str, tx, shapes, grads) -> Contender:
-    import jax
     import jax.numpy as jnp
 
     params = [jnp.ones(s, jnp.float32) for s in shapes]
     state = tx.init(params)
-    jitted = jax.jit(step_fn(name, tx), donate_argnums=(0, 1))
+    jitted = compiled_step(name, tx)
     box = [params, state]
     del params, state
 

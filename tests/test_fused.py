@@ -110,7 +110,8 @@ def test_in_place_eager(name, kw):
     new_p, new_s = ju.step(tx, p, grads[1], s)
     assert _pointers(new_p) == before_p
     assert _pointers([x for x in jax.tree.leaves(new_s) if x.ndim]) == before_s
-    assert all(x.is_deleted() for x in jax.tree.leaves(p))  # donated, as documented
+    # donated, as documented (empty leaves have nothing to update and are passed through)
+    assert all(x.is_deleted() for x in jax.tree.leaves(p) if x.size)
 
 
 def test_in_place_inside_user_jit():
