@@ -23,6 +23,38 @@ BACKEND = "auto"
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+_expected_states: dict = {}
+
+
+def _layout(tree):
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((np.shape(x), np.dtype(x.dtype)) for x in leaves)
+
+
+def _check(tx, params, grads, opt_state):
+    """The layout checks of the XLA path (``validate_inputs``: grads against params, the
+    state against what ``tx.init`` builds for them), before any kernel reads a buffer: an
+    array of another shape would be read out of bounds. Compared as (treedef, shapes,
+    dtypes) first; the validators that name the first mismatching path run on a mismatch."""
+    from jaxupdate.transforms.validate import _check_state, check_params, check_same_layout
+
+    p_layout = _layout(params)
+    if _layout(grads) != p_layout:
+        check_same_layout(grads, params, "grads", "params")
+    key = (tx.init, p_layout, jax.config.jax_enable_x64)
+    if key not in _expected_states:
+        check_params(params)
+        if len(_expected_states) > 64:
+            _expected_states.clear()
+        treedef, shapes = p_layout
+        abstract = treedef.unflatten([jax.ShapeDtypeStruct(s, d) for s, d in shapes])
+        expected = jax.eval_shape(tx.init, abstract)
+        _expected_states[key] = (expected, _layout(expected))
+    expected, e_layout = _expected_states[key]
+    if _layout(opt_state) != e_layout:
+        _check_state(opt_state, expected, "params", None)
+
+
 def _use_kernel(spec, params, extra_args) -> bool:
     if spec is None or extra_args or BACKEND == "xla":
         return False
@@ -181,6 +213,7 @@ def step(tx, params, grads, opt_state, **extra_args):
     """
     spec = _specs.spec_of(tx)
     if _use_kernel(spec, params, extra_args):
+        _check(tx, params, grads, opt_state)
         if not (_is_traced(params) or _is_traced(grads) or _is_traced(opt_state)):
             return _eager_kernel_step(spec, params, grads, opt_state)
         return _kernel_fn(spec)(params, grads, opt_state)

@@ -252,3 +252,15 @@ def test_example_and_nnx_route():
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "bit-identical: True" in res.stdout and "max |diff| 0.0e+00" in res.stdout
+
+
+def test_bad_layouts_raise_before_the_kernel():
+    tx = ju.adam(lr=1e-2, fused=True)
+    params = {"w": jnp.ones(3), "b": jnp.ones(2)}
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=r"grads\['w'\] has shape \(4,\) but params has \(3,\)"):
+        ju.step(tx, params, {"w": jnp.ones(4), "b": jnp.ones(2)}, state)
+    with pytest.raises(ValueError, match="opt_state"):
+        ju.step(tx, params, params, ju.sgd(momentum=0.9, fused=True).init(params))
+    with pytest.raises(ValueError):
+        ju.step(tx, params, params, tx.init({"w": jnp.ones(5), "b": jnp.ones(2)}))
