@@ -23,36 +23,36 @@ BACKEND = "auto"
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-_expected_states: dict = {}
-
-
 def _layout(tree):
     leaves, treedef = jax.tree.flatten(tree)
     return treedef, tuple((np.shape(x), np.dtype(x.dtype)) for x in leaves)
 
 
-def _check(tx, params, grads, opt_state):
+def _check(tx, spec, params, grads, opt_state):
     """The layout checks of the XLA path (``validate_inputs``: grads against params, the
     state against what ``tx.init`` builds for them), before any kernel reads a buffer: an
     array of another shape would be read out of bounds. Compared as (treedef, shapes,
-    dtypes) first; the validators that name the first mismatching path run on a mismatch."""
-    from jaxupdate.transforms.validate import _check_state, check_params, check_same_layout
+    dtypes) first, the state through the arrays the kernel reads; on a mismatch the
+    validators that name the first mismatching path run."""
+    from jaxupdate.transforms.validate import (
+        OptimizerInputError,
+        _check_state,
+        check_same_layout,
+    )
 
     p_layout = _layout(params)
     if _layout(grads) != p_layout:
         check_same_layout(grads, params, "grads", "params")
-    key = (tx.init, p_layout, jax.config.jax_enable_x64)
-    if key not in _expected_states:
-        check_params(params)
-        if len(_expected_states) > 64:
-            _expected_states.clear()
+    try:
+        fields = _specs.KERNELS[spec.kind].state(spec, opt_state)
+        ok = len(opt_state) == len(spec.blocks) and all(_layout(f) == p_layout for f in fields)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        ok = False
+    if not ok:
         treedef, shapes = p_layout
         abstract = treedef.unflatten([jax.ShapeDtypeStruct(s, d) for s, d in shapes])
-        expected = jax.eval_shape(tx.init, abstract)
-        _expected_states[key] = (expected, _layout(expected))
-    expected, e_layout = _expected_states[key]
-    if _layout(opt_state) != e_layout:
-        _check_state(opt_state, expected, "params", None)
+        _check_state(opt_state, jax.eval_shape(tx.init, abstract), "params", None)
+        raise OptimizerInputError("opt_state does not hold the state tx.init builds for params")
 
 
 def _use_kernel(spec, params, extra_args) -> bool:
@@ -213,7 +213,7 @@ def step(tx, params, grads, opt_state, **extra_args):
     """
     spec = _specs.spec_of(tx)
     if _use_kernel(spec, params, extra_args):
-        _check(tx, params, grads, opt_state)
+        _check(tx, spec, params, grads, opt_state)
         if not (_is_traced(params) or _is_traced(grads) or _is_traced(opt_state)):
             return _eager_kernel_step(spec, params, grads, opt_state)
         return _kernel_fn(spec)(params, grads, opt_state)
