@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -169,6 +170,16 @@ def _eager_xla(tx):
     return jax.jit(functools.partial(_xla_step, tx), donate_argnums=(0, 2))
 
 
+def _private_grads(grads, params, opt_state):
+    """``grads`` with copies of any leaf that is also a parameter or state array: those are
+    donated (consumed) by the eager step, and a buffer cannot be read after being donated in
+    the same call (``ju.step(tx, p, p, s)``)."""
+    donated = {id(x) for x in jax.tree.leaves((params, opt_state))}
+    if not any(id(g) in donated for g in jax.tree.leaves(grads)):
+        return grads
+    return jax.tree.map(lambda g: jnp.copy(g) if id(g) in donated else g, grads)
+
+
 def _is_traced(tree) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
 
@@ -215,10 +226,12 @@ def step(tx, params, grads, opt_state, **extra_args):
     if _use_kernel(spec, params, extra_args):
         _check(tx, spec, params, grads, opt_state)
         if not (_is_traced(params) or _is_traced(grads) or _is_traced(opt_state)):
+            grads = _private_grads(grads, params, opt_state)
             return _eager_kernel_step(spec, params, grads, opt_state)
         return _kernel_fn(spec)(params, grads, opt_state)
     if _is_traced((params, grads, opt_state, extra_args)):
         return _xla_step(tx, params, grads, opt_state, **extra_args)
+    grads = _private_grads(grads, params, opt_state)
     try:
         jitted = _eager_xla(tx)
     except TypeError:  # a transformation that cannot be hashed: op by op

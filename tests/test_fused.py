@@ -264,3 +264,13 @@ def test_bad_layouts_raise_before_the_kernel():
         ju.step(tx, params, params, ju.sgd(momentum=0.9, fused=True).init(params))
     with pytest.raises(ValueError):
         ju.step(tx, params, params, tx.init({"w": jnp.ones(5), "b": jnp.ones(2)}))
+
+
+def test_grads_that_are_the_params():
+    """Eager ju.step donates params and state; a gradient leaf that is one of those arrays
+    is copied first (else XLA refuses to read a donated buffer)."""
+    for tx in (ju.adam(lr=0.1, fused=True), ju.adam(lr=0.1)):
+        p = {"w": jnp.arange(3.0) + 1}
+        s = tx.init(p)
+        new, _ = ju.step(tx, p, p, s)
+        np.testing.assert_allclose(np.asarray(new["w"]), np.arange(3.0) + 1 - 0.1, rtol=1e-6)
