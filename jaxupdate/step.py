@@ -17,8 +17,8 @@ import optax
 
 from jaxupdate.fused import _specs
 
-# "cpu": the numba kernels wherever the parameters live on CPU; "xla": always the XLA path
-# (what a GPU runs; the tests force it on CPU to check that route)
+# "auto": the numba kernels when jax's default backend is the CPU, the XLA path elsewhere;
+# "xla": always the XLA path (what a GPU runs; the tests force it on CPU to check that route)
 BACKEND = "auto"
 
 _KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

@@ -5,7 +5,8 @@ Layout (why chunks): XLA's compile time grows faster than linearly with the numb
 aliased buffers 0.03 s, 1,000 3.7 s, 2,000 39 s), so one call per dtype holding every leaf does
 not scale. Calls of at most ``CHUNK`` aliased buffers keep that cost linear (1,000 leaves of
 100 aliases each: 0.27 s), and each call still walks many leaves in one pass. Empty leaves are
-not passed at all (nothing to update).
+not passed at all (nothing to update). Outside ``jit``, ``jaxupdate.step`` jits each chunk on
+its own (:func:`call_chunk`), since XLA's cost also grows with the buffers of one computation.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ custom-call API is not used.
 
 Argument layout of every fused call (see ``jaxupdate.fused._call``): ``args[0]`` is a small
 vector of scalars in the parameters' dtype (hyperparameters already resolved and cast by the
-same JAX code as the XLA path), then, leaf after leaf, ``param, grad, state_1 .. state_k``;
+same JAX code as the XLA path; its last element names the optimizer, the one before says
+whether float32 arithmetic is widened to float64 as under x64), then, leaf after leaf,
+``param, grad, state_1 .. state_k``;
 the results are ``param, state_1 .. state_k`` per leaf, each aliased to its operand
 (``input_output_aliases``), so the kernel writes through the result pointers into the
 operands' own memory.
