@@ -125,9 +125,16 @@ def _counts_only(opt_state):
 
 
 @functools.lru_cache(maxsize=None)
-def _scalars_fn(spec, dtype):
+def _prep_fn(spec, dtypes):
+    """One small jitted call per step: the kernel scalars of each dtype and the incremented
+    counts (op by op they would be a few dozen dispatches)."""
     k = _specs.KERNELS[spec.kind]
-    return jax.jit(lambda counts: k.scalars(spec, counts, dtype))
+
+    def prep(counts):
+        scalars = tuple(k.scalars(spec, counts, dt) for dt in dtypes)
+        return scalars, _specs._advance(spec, counts, {})
+
+    return jax.jit(prep)
 
 
 def _eager_kernel_step(spec, params, grads, opt_state):
@@ -143,12 +150,12 @@ def _eager_kernel_step(spec, params, grads, opt_state):
     p_leaves, treedef = jax.tree.flatten(params)
     g_leaves = treedef.flatten_up_to(grads)
     fields = [treedef.flatten_up_to(t) for t in k.state(spec, opt_state)]
-    counts = _counts_only(opt_state)
-    scalars: dict = {}
+    chunks = _call.chunks(p_leaves, len(fields))
+    dtypes = tuple(sorted({dt for dt, _ in chunks}, key=str))
+    sc, new_counts = _prep_fn(spec, dtypes)(_counts_only(opt_state))
+    scalars = dict(zip(dtypes, sc))
     new_p, new_s = list(p_leaves), [list(f) for f in fields]
-    for dtype, chunk in _call.chunks(p_leaves, len(fields)):
-        if dtype not in scalars:
-            scalars[dtype] = _scalars_fn(spec, dtype)(counts)
+    for dtype, chunk in chunks:
         out_p, out_s = _chunk_step(name, scalars[dtype], [p_leaves[i] for i in chunk],
                                    [g_leaves[i] for i in chunk],
                                    tuple([f[i] for i in chunk] for f in fields))
@@ -156,7 +163,11 @@ def _eager_kernel_step(spec, params, grads, opt_state):
             new_p[i] = out_p[j]
             for f, out in zip(new_s, out_s):
                 f[i] = out[j]
-    new_state = k.rebuild(spec, opt_state, [treedef.unflatten(f) for f in new_s])
+    counted = type(opt_state)(
+        s._replace(count=c.count) if "count" in getattr(s, "_fields", ()) else s
+        for s, c in zip(opt_state, new_counts)
+    )
+    new_state = k.rebuild(spec, counted, [treedef.unflatten(f) for f in new_s], increment=False)
     return treedef.unflatten(new_p), new_state
 
 

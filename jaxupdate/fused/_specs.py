@@ -121,20 +121,21 @@ def adam_state(spec, state):
     return fields + ([s.max_exp_avg_sq] if spec.n_state == 3 else [])
 
 
-def adam_rebuild(spec, state, arrays):
+def adam_rebuild(spec, state, arrays, increment=True):
     s = state[spec.blocks.index("adam")]
     new = s._replace(exp_avg=arrays[0], exp_avg_sq=arrays[1],
                      max_exp_avg_sq=arrays[2] if spec.n_state == 3 else None)
-    return _advance(spec, state, {"adam": new})
+    return _advance(spec, state, {"adam": new}, increment)
 
 
-def _advance(spec, state, replaced):
+def _advance(spec, state, replaced, increment=True):
     """The chain state after one step: every block's ``count`` incremented (as each block's
-    ``update`` does), the blocks in ``replaced`` (name -> new state) replaced."""
+    ``update`` does; ``increment=False``: already done), the blocks in ``replaced``
+    (name -> new state) replaced."""
     out = []
     for name, s in zip(spec.blocks, state):
         s = replaced.get(name, s)
-        if "count" in getattr(s, "_fields", ()):
+        if increment and "count" in getattr(s, "_fields", ()):
             s = s._replace(count=optax.safe_increment(s.count))
         out.append(s)
     return type(state)(out) if not hasattr(state, "_fields") else type(state)(*out)
@@ -161,11 +162,11 @@ def sgd_state(spec, state):
     return [_block(spec, state, "mom").momentum_buffer] if "mom" in spec.blocks else []
 
 
-def sgd_rebuild(spec, state, arrays):
+def sgd_rebuild(spec, state, arrays, increment=True):
     if "mom" not in spec.blocks:
-        return _advance(spec, state, {})
+        return _advance(spec, state, {}, increment)
     new = _block(spec, state, "mom")._replace(momentum_buffer=arrays[0])
-    return _advance(spec, state, {"mom": new})
+    return _advance(spec, state, {"mom": new}, increment)
 
 
 def adagrad_scalars(spec, state, dtype):
@@ -183,9 +184,9 @@ def adagrad_state(spec, state):
     return [_block(spec, state, "adagrad").sum]
 
 
-def adagrad_rebuild(spec, state, arrays):
+def adagrad_rebuild(spec, state, arrays, increment=True):
     new = _block(spec, state, "adagrad")._replace(sum=arrays[0])
-    return _advance(spec, state, {"adagrad": new})
+    return _advance(spec, state, {"adagrad": new}, increment)
 
 
 def rmsprop_scalars(spec, state, dtype):
@@ -215,7 +216,7 @@ def rmsprop_state(spec, state):
     return out
 
 
-def rmsprop_rebuild(spec, state, arrays):
+def rmsprop_rebuild(spec, state, arrays, increment=True):
     rms = _block(spec, state, "rms")
     centered = rms.grad_avg is not None
     replaced = {"rms": rms._replace(square_avg=arrays[0],
@@ -223,7 +224,7 @@ def rmsprop_rebuild(spec, state, arrays):
     if "mom" in spec.blocks:
         mom = _block(spec, state, "mom")
         replaced["mom"] = mom._replace(momentum_buffer=arrays[2 if centered else 1])
-    return _advance(spec, state, replaced)
+    return _advance(spec, state, replaced, increment)
 
 
 class Kernel(NamedTuple):
