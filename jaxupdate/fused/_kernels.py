@@ -139,16 +139,22 @@ def sgd_loop(sc, p, g, buf, s2, s3, n, n_state, wide):
     maximize, coupled, wd = sc[0] != 0, sc[1] != 0, sc[2]
     first, mom, keep, nesterov = sc[3] != 0, sc[4], sc[5], sc[6] != 0
     neglr = sc[7]
-    for i in range(n):
-        pi = p[i]
-        gi = _grad(g[i], pi, maximize, coupled, wd, wide)
-        d = gi
-        if n_state == 1:
+    if n_state == 1:  # momentum buffer: the stores are loop-invariant, one loop each
+        for i in range(n):
+            pi = p[i]
+            gi = _grad(g[i], pi, maximize, coupled, wd, wide)
             # torch_momentum: buf = g on the first step (grad.clone()), else the formula
-            b = gi if first else _momentum(buf[i], mom, keep, gi, wide)
+            later = _momentum(buf[i], mom, keep, gi, wide)
+            b = gi if first else later
             buf[i] = b
-            d = _add_scaled(gi, mom, b, wide) if nesterov else b
-        p[i] = pi + _delta(_add_scaled(pi, neglr, d, wide), pi)
+            nest = _add_scaled(gi, mom, b, wide)
+            d = nest if nesterov else b
+            p[i] = pi + _delta(_add_scaled(pi, neglr, d, wide), pi)
+    else:
+        for i in range(n):
+            pi = p[i]
+            gi = _grad(g[i], pi, maximize, coupled, wd, wide)
+            p[i] = pi + _delta(_add_scaled(pi, neglr, gi, wide), pi)
 
 
 @njit(**_OPTS)
@@ -164,29 +170,46 @@ def adagrad_loop(sc, p, g, acc, s2, s3, n, n_state, wide):
         p[i] = pi + (negclr * gi) / (np.sqrt(si) + eps)
 
 
+@njit(inline="always", **_OPTS)
+def _rms_element(k, pi, gi, si, gai, bi, centered, has_mom, wide):
+    """One element of RMSprop: (new p, square_avg, grad_avg, momentum_buffer)."""
+    maximize, coupled, wd, a, oma, small, w, omw, eps, mom, keep, neglr = k
+    gi = _grad(gi, pi, maximize, coupled, wd, wide)
+    si = _ema_square(si, gi, a, oma)
+    if centered:
+        gai = _lerp(gai, gi, small, w, omw)
+        avg = np.sqrt(fma(-gai, gai, si))  # sqrt(square_avg - grad_avg**2), contracted
+    else:
+        avg = np.sqrt(si)
+    d = gi / (avg + eps)
+    if has_mom:
+        bi = _momentum(bi, mom, keep, d, wide)
+        d = bi
+    return pi + _delta(_add_scaled(pi, neglr, d, wide), pi), si, gai, bi
+
+
 @njit(**_OPTS)
 def rmsprop_loop(sc, p, g, sq, s2, s3, n, n_state, wide):
-    maximize, coupled, wd = sc[0] != 0, sc[1] != 0, sc[2]
-    a, oma, centered, small, w, omw = sc[3], sc[4], sc[5] != 0, sc[6] != 0, sc[7], sc[8]
-    eps, has_mom, mom, keep, neglr = sc[9], sc[10] != 0, sc[11], sc[12], sc[13]
-    for i in range(n):
-        pi = p[i]
-        gi = _grad(g[i], pi, maximize, coupled, wd, wide)
-        si = _ema_square(sq[i], gi, a, oma)
-        sq[i] = si
-        if centered:
-            gai = _lerp(s2[i], gi, small, w, omw)
-            s2[i] = gai
-            avg = np.sqrt(fma(-gai, gai, si))  # sqrt(square_avg - grad_avg**2), contracted
-        else:
-            avg = np.sqrt(si)
-        d = gi / (avg + eps)
-        if has_mom:
-            bufs = s3 if centered else s2
-            b = _momentum(bufs[i], mom, keep, d, wide)
-            bufs[i] = b
-            d = b
-        p[i] = pi + _delta(_add_scaled(pi, neglr, d, wide), pi)
+    k = (sc[0] != 0, sc[1] != 0, sc[2], sc[3], sc[4], sc[6] != 0, sc[7], sc[8], sc[9], sc[11],
+         sc[12], sc[13])
+    centered, has_mom = sc[5] != 0, sc[10] != 0
+    # the state arrays present decide the stores: one loop per layout (centered, momentum)
+    if centered and has_mom:
+        for i in range(n):
+            p[i], sq[i], s2[i], s3[i] = _rms_element(k, p[i], g[i], sq[i], s2[i], s3[i], True,
+                                                     True, wide)
+    elif centered:
+        for i in range(n):
+            p[i], sq[i], s2[i], _ = _rms_element(k, p[i], g[i], sq[i], s2[i], sq[i], True,
+                                                 False, wide)
+    elif has_mom:
+        for i in range(n):
+            p[i], sq[i], _, s2[i] = _rms_element(k, p[i], g[i], sq[i], sq[i], s2[i], False,
+                                                 True, wide)
+    else:
+        for i in range(n):
+            p[i], sq[i], _, _ = _rms_element(k, p[i], g[i], sq[i], sq[i], sq[i], False, False,
+                                             wide)
 
 
 KINDS = ("adam", "sgd", "adagrad", "rmsprop")
