@@ -24,8 +24,8 @@ from pathlib import Path
 from benchmarks.cases import CASES, parse_count
 
 ALL = list(CASES)
-CPU_CONTENDERS = ["jaxupdate", "optax", "xla-floor", "torch-single", "torch-foreach",
-                  "torch-fused"]
+CPU_CONTENDERS = ["jaxupdate", "jaxupdate-fused", "optax", "xla-floor", "torch-single",
+                  "torch-foreach", "torch-fused"]
 
 PRESETS = {
     # for the smoke test: seconds
@@ -53,7 +53,7 @@ PRESETS = {
     # (the roofline of the cuda rows); no CPU torch contenders at that size
     "gpu": {
         "grid": [(["adam"], ["100M", "1000M"], [10, 100])],
-        "contenders": ["jaxupdate", "optax", "xla-floor", "torch-cuda-foreach",
+        "contenders": ["jaxupdate", "jaxupdate-fused", "optax", "xla-floor", "torch-cuda-foreach",
                        "torch-cuda-fused"],
         "rounds": 15, "warmup": 3, "bandwidth_floats": "250M",
         "memory": {"optimizers": ["adam"], "sizes": ["10M"], "leaves": [100],

@@ -29,7 +29,7 @@ class Case:
         # reads: param, grad, state; writes: param, state
         return FLOAT32_BYTES * (3 + 2 * self.state_arrays)
 
-    def jaxupdate(self) -> Callable:
+    def jaxupdate(self, fused: bool = False) -> Callable:
         from jaxupdate.optim.adagrad import adagrad
         from jaxupdate.optim.adam import adam, adamw
         from jaxupdate.optim.rmsprop import rmsprop
@@ -37,12 +37,16 @@ class Case:
 
         fn = {"adam": adam, "adamw": adamw, "sgd_momentum": sgd, "rmsprop": rmsprop,
               "adagrad": adagrad}[self.name]
-        return fn(**self.torch_kwargs)
+        return fn(**self.torch_kwargs, fused=fused) if fused else fn(**self.torch_kwargs)
 
     def jax_contender(self, name: str):
-        """The transformation a JAX contender (``jaxupdate``, ``optax``, ``xla-floor``) runs."""
+        """The transformation a JAX contender (``jaxupdate``, ``jaxupdate-fused``, ``optax``,
+        ``xla-floor``) runs; ``jaxupdate-fused`` is stepped by ``ju.step`` (see
+        :func:`step_fn`)."""
         if name == "jaxupdate":
             return self.jaxupdate()
+        if name == "jaxupdate-fused":
+            return self.jaxupdate(fused=True)
         if name == "optax":
             return self.optax()
         if name == "xla-floor":
@@ -128,3 +132,34 @@ def format_count(n: int) -> str:
             v = n / scale
             return f"{v:g}{unit}"
     return f"{n:,}"
+
+
+def step_fn(name: str, tx) -> Callable:
+    """The step a JAX contender times: ``ju.step`` (one in-place pass) for ``jaxupdate-fused``,
+    ``tx.update`` + ``apply_updates`` for the others; ``(params, state, grads) -> (params,
+    state)``. The others are timed under ``jax.jit`` with donation (:func:`compiled_step`);
+    ``jaxupdate-fused`` as users call it outside ``jit`` (ju.step compiles and donates per chunk
+    of leaves)."""
+    if name == "jaxupdate-fused":
+        from jaxupdate.step import step
+
+        return lambda params, state, grads: step(tx, params, grads, state)
+
+    import optax
+
+    def xla_step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return xla_step
+
+
+def compiled_step(name: str, tx) -> Callable:
+    """:func:`step_fn` ready to time: jitted with params and state donated, except
+    ``jaxupdate-fused``, whose eager ``ju.step`` does that itself."""
+    fn = step_fn(name, tx)
+    if name == "jaxupdate-fused":
+        return fn
+    import jax
+
+    return jax.jit(fn, donate_argnums=(0, 1))

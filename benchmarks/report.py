@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from benchmarks.cases import format_count
 
-CPU_CONTENDERS = ("jaxupdate", "optax", "xla-floor", "torch-single", "torch-foreach",
-                  "torch-fused")
+CPU_CONTENDERS = ("jaxupdate", "jaxupdate-fused", "optax", "xla-floor", "torch-single",
+                  "torch-foreach", "torch-fused")
 CUDA_CONTENDERS = ("torch-cuda-foreach", "torch-cuda-fused")
 
 
@@ -49,6 +49,17 @@ def evaluate_targets(results: dict) -> list[dict]:
             add("jaxupdate first call, s (1,000 leaves)", 2.0, row, ju["first_call_s"])
         if row["leaves"] >= 10_000:
             add("jaxupdate first call, s (10,000 leaves)", 10.0, row, ju["first_call_s"])
+        fused = c.get("jaxupdate-fused")
+        if fused and "torch-fused" in c:  # issue 14
+            add("jaxupdate-fused time / torch fused (every leaf count)", 0.9, row,
+                fused["median_s"] / c["torch-fused"]["median_s"])
+        if fused and row["leaves"] <= 100 and "x_roofline" in fused:
+            add("jaxupdate-fused x roofline (<= 100 leaves)", 1.15, row, fused["x_roofline"])
+        if fused and row["leaves"] == 1000:
+            add("jaxupdate-fused first call, s (1,000 leaves)", 1.0, row, fused["first_call_s"])
+        if fused and row["leaves"] >= 10_000:
+            add("jaxupdate-fused first call, s (10,000 leaves)", 2.0, row,
+                fused["first_call_s"])
     for m in results.get("memory", []):
         if m.get("contender") == "jaxupdate" and "ratio" in m:
             add("jaxupdate peak memory / (params + grads + state)", 1.1, m, m["ratio"],
@@ -139,7 +150,8 @@ def markdown(results: dict) -> str:
                 "jaxupdate is faster). Leaves mix 2-D weights of four shapes and 1-D biases. "
                 "`xla-floor` is the leanest hand-written jitted step (benchmarks/floor.py): "
                 "what XLA costs without any library.", ""]
-        ratio_cols = [k for k in ("jaxupdate/torch-fused", "jaxupdate/optax", "jaxupdate/xla-floor")
+        ratio_cols = [k for k in ("jaxupdate/torch-fused", "jaxupdate/optax", "jaxupdate/xla-floor",
+                                  "jaxupdate-fused/torch-fused")
                       if any(k in r.get("ratios", {}) for r in rows)]
         header = (["optimizer", "params", "leaves", "roofline ms"] + names
                   + [k.replace("jaxupdate", "ju") for k in ratio_cols])
@@ -168,7 +180,8 @@ def markdown(results: dict) -> str:
 
         out += ["", "## First call (trace + compile + one step)", "",
                 "Seconds. torch has nothing to compile; its first step allocates the state.", ""]
-        first_names = [n for n in ("jaxupdate", "optax", "xla-floor", "torch-fused")
+        first_names = [n for n in ("jaxupdate", "jaxupdate-fused", "optax", "xla-floor",
+                                   "torch-fused")
                        if n in names]
         body = []
         for r in rows:
@@ -249,6 +262,7 @@ def plots(results: dict, out_dir) -> list[str]:
     optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
     names = _contender_names(results)
     styles = {"jaxupdate": dict(color="C3", lw=2.5, marker="o"),
+              "jaxupdate-fused": dict(color="C6", lw=2.5, marker="P"),
               "optax": dict(color="C0", marker="s"),
               "xla-floor": dict(color="k", marker="x", ls="-."),
               "torch-single": dict(color="C7", marker="v", ls=":"),

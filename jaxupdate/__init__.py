@@ -43,6 +43,7 @@ from jaxupdate.optim import (
 )
 from jaxupdate.param_groups import param_groups
 from jaxupdate.precision import kahan_summation, master_params, master_weights
+from jaxupdate.step import step
 
 __version__ = "0.1.0"
 
@@ -81,6 +82,7 @@ __all__ = [
     "rmsprop",
     "rprop",
     "sharding",
+    "step",
     "skip_nonfinite",
     "sgd",
     "sparse_adam",

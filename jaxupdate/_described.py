@@ -55,7 +55,11 @@ def bind_kwargs(fn: Callable, args=(), kwargs=None) -> dict:
     sig = inspect.signature(inspect.unwrap(fn))
     bound = sig.bind(*args, **(kwargs or {}))
     bound.apply_defaults()
-    return dict(bound.arguments)
+    out = dict(bound.arguments)
+    # ``fused`` (jaxupdate.step's kernel) is not the mathematics: descriptions, interop and
+    # param groups see the fused=False optimizer (torch's RMSprop has no such argument)
+    out.pop("fused", None)
+    return out
 
 
 def attach(tx, info: Any):

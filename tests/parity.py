@@ -255,7 +255,9 @@ def assert_signature_matches(torch_cls, ju_fn):
         for p in inspect.signature(torch_cls.__init__).parameters.values()
         if p.name not in ("self", "params", *TORCH_ONLY_KWARGS)
     ]
-    j_params = list(inspect.signature(ju_fn).parameters.values())
+    # ``fused=False`` (issue 14) is jaxupdate's own kernel switch: torch's is ``fused=None``
+    j_params = [p for p in inspect.signature(ju_fn).parameters.values()
+                if p.name not in TORCH_ONLY_KWARGS]
     assert [p.name for p in j_params] == [p.name for p in t_params]
     for tp, jp in zip(t_params, j_params, strict=True):
         assert tp.kind == jp.kind, tp.name

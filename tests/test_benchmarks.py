@@ -14,7 +14,8 @@ from benchmarks.cases import CASES, make_shapes, num_params, parse_count  # noqa
 
 PLOTS = ("update_step_vs_leaves.png", "update_step_vs_size.png", "first_call.png",
          "peak_memory.png", "train_step.png")
-CPU = {"jaxupdate", "optax", "xla-floor", "torch-single", "torch-foreach", "torch-fused"}
+CPU = {"jaxupdate", "jaxupdate-fused", "optax", "xla-floor", "torch-single", "torch-foreach",
+       "torch-fused"}
 
 
 def test_tiny_run_writes_json_markdown_and_plots(tmp_path):

@@ -7,6 +7,7 @@ import optax
 from jaxupdate import transforms as T
 from jaxupdate._described import described
 from jaxupdate._hparams import is_static_zero
+from jaxupdate.fused._specs import adagrad_spec, with_fused
 from jaxupdate.optim._base import assemble, check_lr, check_nonneg
 from jaxupdate.transforms.adaptive import torch_adagrad
 
@@ -20,6 +21,7 @@ def adagrad(
     eps=1e-10,
     *,
     maximize: bool = False,
+    fused: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""torch.optim.Adagrad as a pure transformation.
 
@@ -37,8 +39,8 @@ def adagrad(
     of reals (torch's ``view_as_real``); their ``sum`` starts at ``initial_accumulator_value``
     in both parts. Sparse gradients (torch's sparse branch) do not apply.
 
-    Args (torch's names, order and defaults; ``params``, ``foreach``, ``differentiable`` and
-    ``fused`` do not apply); each float may be a 1-element array or a schedule of ``count``
+    Args (torch's names, order and defaults; ``params``, ``foreach`` and ``differentiable``
+    do not apply); each float may be a 1-element array or a schedule of ``count``
     (updates already applied):
       lr: learning rate, default ``1e-2``.
       lr_decay: learning-rate decay, default ``0``.
@@ -47,6 +49,9 @@ def adagrad(
         at ``count = 0``).
       eps: added to ``sqrt(sum)``, default ``1e-10``.
       maximize: maximize the objective, default ``False``.
+      fused: torch's switch: the same transformation, run by :func:`jaxupdate.step` as one
+        in-place pass over every leaf on CPU (numba kernel; ``pip install 'jaxupdate[fused]'``),
+        XLA's own fusion on GPU. Same numbers; not differentiable through ``ju.step``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params`` when
@@ -70,11 +75,12 @@ def adagrad(
         initial_accumulator_value, "initial_accumulator_value", "initial_accumulator_value"
     )
     eps = check_nonneg(eps, "eps", "epsilon")
-    return assemble(
+    tx = assemble(
         T.maximize() if maximize else None,
         None if is_static_zero(weight_decay) else T.add_weight_decay(weight_decay),
         torch_adagrad(lr, lr_decay, eps, initial_accumulator_value),
     )
+    return with_fused(fused, adagrad_spec(lr, lr_decay, weight_decay, eps, maximize), tx)
 
 
 # torch's Adagrad fills ``state["sum"]`` in its constructor, from the constructor's

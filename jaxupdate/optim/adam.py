@@ -7,19 +7,21 @@ import optax
 from jaxupdate import transforms as T
 from jaxupdate._described import described
 from jaxupdate._hparams import is_static_zero
+from jaxupdate.fused._specs import adam_spec, with_fused
 from jaxupdate.optim._base import assemble, check_adam_hparams
 
 
-def _adam_chain(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay):
+def _adam_chain(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, fused):
+    spec = adam_spec(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay)
     lr, betas, eps, weight_decay = check_adam_hparams(lr, betas, eps, weight_decay)
     decay = not is_static_zero(weight_decay)
-    return assemble(
+    return with_fused(fused, spec, assemble(
         T.maximize() if maximize else None,
         T.add_weight_decay(weight_decay) if decay and not decoupled_weight_decay else None,
         T.scale_by_torch_adam(betas, eps, amsgrad, lr=lr),
         T.scale_by_learning_rate(lr, applied=True),
         T.decoupled_weight_decay(lr, weight_decay) if decay and decoupled_weight_decay else None,
-    )
+    ))
 
 
 @described
@@ -32,6 +34,7 @@ def adam(
     *,
     maximize: bool = False,
     decoupled_weight_decay: bool = False,
+    fused: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""torch.optim.Adam as a pure transformation.
 
@@ -49,8 +52,8 @@ def adam(
 
     Differs from ``optax.amsgrad``, which takes the maximum after bias correction.
 
-    Args (torch's names, order and defaults; ``params``, ``foreach``, ``capturable``,
-    ``differentiable`` and ``fused`` do not apply):
+    Args (torch's names, order and defaults; ``params``, ``foreach``, ``capturable`` and
+    ``differentiable`` do not apply):
       lr: learning rate, default ``1e-3``; a float, 1-element array or schedule.
       betas: ``(beta1, beta2)``, default ``(0.9, 0.999)``; both numbers or both arrays
         (schedules allowed).
@@ -59,6 +62,9 @@ def adam(
       amsgrad: use the running maximum of the second moment, default ``False``.
       maximize: maximize the objective, default ``False``.
       decoupled_weight_decay: AdamW-style decay ``param *= 1 - lr * weight_decay``.
+      fused: torch's switch: the same transformation, run by :func:`jaxupdate.step` as one
+        in-place pass over every leaf on CPU (numba kernel; ``pip install 'jaxupdate[fused]'``),
+        XLA's own fusion on GPU. Same numbers; not differentiable through ``ju.step``.
 
     Example::
 
@@ -70,7 +76,9 @@ def adam(
         >>> updates, state = tx.update(grads, state, params)
         >>> params = ju.apply_updates(params, updates)   # each entry 1 - 1e-3
     """
-    return _adam_chain(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay)
+    return _adam_chain(
+        lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, fused
+    )
 
 
 @described
@@ -82,6 +90,7 @@ def adamw(
     amsgrad: bool = False,
     *,
     maximize: bool = False,
+    fused: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""torch.optim.AdamW: Adam with decoupled weight decay (torch's default ``1e-2``).
 
@@ -93,7 +102,8 @@ def adamw(
     Mind the default: torch's AdamW decays by ``1e-2``, optax's ``adamw`` by ``1e-4``.
 
     Args: ``lr=1e-3``, ``betas=(0.9, 0.999)``, ``eps=1e-8``, ``weight_decay=1e-2``,
-    ``amsgrad=False``, keyword ``maximize=False``, as in torch.
+    ``amsgrad=False``, keyword ``maximize=False``, as in torch; ``fused=False`` as in
+    :func:`adam`.
 
     Example::
 
@@ -101,4 +111,4 @@ def adamw(
         >>> tx = ju.adamw(lr=1e-3, weight_decay=0.01)
         >>> state = tx.init({"w": jnp.ones(2)})
     """
-    return _adam_chain(lr, betas, eps, weight_decay, amsgrad, maximize, True)
+    return _adam_chain(lr, betas, eps, weight_decay, amsgrad, maximize, True, fused)

@@ -7,6 +7,7 @@ import optax
 from jaxupdate import transforms as T
 from jaxupdate._described import described
 from jaxupdate._hparams import is_static_zero
+from jaxupdate.fused._specs import rmsprop_spec, with_fused
 from jaxupdate.optim._base import assemble, check_lr, check_nonneg
 
 
@@ -19,6 +20,8 @@ def rmsprop(
     momentum=0,
     centered: bool = False,
     maximize: bool = False,
+    *,
+    fused: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""torch.optim.RMSprop as a pure transformation.
 
@@ -41,7 +44,9 @@ def rmsprop(
     Args (torch's names, order and defaults; ``params``, ``foreach``, ``capturable`` and
     ``differentiable`` do not apply): ``lr=1e-2``, ``alpha=0.99``, ``eps=1e-8``,
     ``weight_decay=0``, ``momentum=0``, ``centered=False``, ``maximize=False``.
-    Each float may also be a 1-element array or a schedule.
+    Each float may also be a 1-element array or a schedule. Keyword ``fused=False``: torch's
+    switch; the same transformation, run by :func:`jaxupdate.step` as one in-place pass over
+    every leaf on CPU (numba kernel; ``pip install 'jaxupdate[fused]'``), XLA's fusion on GPU.
 
     Example::
 
@@ -54,7 +59,7 @@ def rmsprop(
     momentum = check_nonneg(momentum, "momentum", "momentum")
     weight_decay = check_nonneg(weight_decay, "weight_decay", "weight_decay")
     alpha = check_nonneg(alpha, "alpha", "alpha")
-    return assemble(
+    tx = assemble(
         T.maximize() if maximize else None,
         None if is_static_zero(weight_decay) else T.add_weight_decay(weight_decay),
         # without momentum torch ends with param.addcdiv_(grad, avg, value=-lr): lr goes inside
@@ -63,3 +68,5 @@ def rmsprop(
         None if is_static_zero(momentum) else T.torch_momentum(momentum, first_step_copies=False),
         T.scale_by_learning_rate(lr, applied=is_static_zero(momentum)),
     )
+    spec = rmsprop_spec(lr, alpha, eps, weight_decay, momentum, centered, maximize)
+    return with_fused(fused, spec, tx)

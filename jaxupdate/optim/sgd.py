@@ -7,6 +7,7 @@ import optax
 from jaxupdate import transforms as T
 from jaxupdate._described import described
 from jaxupdate._hparams import concrete, is_static_zero, normalize
+from jaxupdate.fused._specs import sgd_spec, with_fused
 from jaxupdate.optim._base import assemble, check_lr, check_nonneg
 
 
@@ -19,6 +20,7 @@ def sgd(
     nesterov: bool = False,
     *,
     maximize: bool = False,
+    fused: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""torch.optim.SGD as a pure transformation.
 
@@ -32,8 +34,8 @@ def sgd(
             g = g + momentum * buf if nesterov else buf
         param = param - lr * g
 
-    Args (torch's names, order and defaults; ``params``, ``foreach``, ``fused`` and
-    ``differentiable`` do not apply):
+    Args (torch's names, order and defaults; ``params``, ``foreach`` and ``differentiable``
+    do not apply):
       lr: learning rate, default ``1e-3``. A float, a 1-element array or a schedule
         ``count -> lr`` (``count`` = updates already applied).
       momentum: momentum factor, default ``0``.
@@ -41,6 +43,9 @@ def sgd(
       weight_decay: coupled L2 penalty added to the gradient, default ``0``.
       nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
       maximize: maximize the objective instead of minimizing it.
+      fused: torch's switch: the same transformation, run by :func:`jaxupdate.step` as one
+        in-place pass over every leaf on CPU (numba kernel; ``pip install 'jaxupdate[fused]'``),
+        XLA's own fusion on GPU. Same numbers; not differentiable through ``ju.step``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update`` needs ``params`` when
@@ -64,9 +69,11 @@ def sgd(
         mom, damp = concrete(momentum_n), concrete(dampening_n)
         if (mom is not None and mom <= 0) or (damp is not None and damp != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-    return assemble(
+    tx = assemble(
         T.maximize() if maximize else None,
         None if is_static_zero(weight_decay_n) else T.add_weight_decay(weight_decay_n),
         None if is_static_zero(momentum_n) else T.torch_momentum(momentum_n, dampening_n, nesterov),
         T.scale_by_learning_rate(lr),
     )
+    spec = sgd_spec(lr, momentum_n, dampening_n, weight_decay_n, nesterov, maximize)
+    return with_fused(fused, spec, tx)

@@ -1,0 +1,255 @@
+"""``ju.step``: one optimizer step that writes the new parameters itself.
+
+``params, opt_state = ju.step(tx, params, grads, opt_state)`` is ``tx.update`` followed by
+``ju.apply_updates`` for every transformation, except a ``fused=True`` one on CPU, where a
+single in-place pass per element updates parameters and state together (torch's fused
+kernels; see :mod:`jaxupdate.fused`). The numbers are the same either way.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxupdate.fused import _specs
+
+# "auto": the numba kernels when jax's default backend is the CPU, the XLA path elsewhere;
+# "xla": always the XLA path (what a GPU runs; the tests force it on CPU to check that route)
+BACKEND = "auto"
+
+_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _layout(tree):
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((np.shape(x), np.dtype(x.dtype)) for x in leaves)
+
+
+def _check(tx, spec, params, grads, opt_state):
+    """The layout checks of the XLA path (``validate_inputs``: grads against params, the
+    state against what ``tx.init`` builds for them), before any kernel reads a buffer: an
+    array of another shape would be read out of bounds. Compared as (treedef, shapes,
+    dtypes) first, the state through the arrays the kernel reads; on a mismatch the
+    validators that name the first mismatching path run."""
+    from jaxupdate.transforms.validate import (
+        OptimizerInputError,
+        _check_state,
+        check_same_layout,
+    )
+
+    p_layout = _layout(params)
+    if _layout(grads) != p_layout:
+        check_same_layout(grads, params, "grads", "params")
+    try:
+        fields = _specs.KERNELS[spec.kind].state(spec, opt_state)
+        ok = len(opt_state) == len(spec.blocks) and all(_layout(f) == p_layout for f in fields)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        treedef, shapes = p_layout
+        abstract = treedef.unflatten([jax.ShapeDtypeStruct(s, d) for s, d in shapes])
+        _check_state(opt_state, jax.eval_shape(tx.init, abstract), "params", None)
+        raise OptimizerInputError("opt_state does not hold the state tx.init builds for params")
+
+
+def _use_kernel(spec, params, extra_args) -> bool:
+    if spec is None or extra_args or BACKEND == "xla":
+        return False
+    if jax.default_backend() != "cpu":
+        return False  # GPU / TPU: XLA fuses the elementwise step itself (multi-output fusion)
+    leaves = jax.tree.leaves(params)
+    return all(np.dtype(getattr(x, "dtype", np.float64)) in _KERNEL_DTYPES for x in leaves)
+
+
+def _not_differentiable(*_):
+    raise TypeError(
+        "ju.step with a fused=True optimizer is not differentiable (neither is torch's "
+        "fused=True). Differentiate through the XLA path instead: build the optimizer with "
+        "fused=False and use tx.update(grads, opt_state, params) + ju.apply_updates (or "
+        "ju.step, which then runs that path)."
+    )
+
+
+def _not_batchable(*_):
+    raise TypeError(
+        "ju.step with a fused=True optimizer cannot be vmapped: its kernel updates buffers in "
+        "place. Use fused=False (tx.update + ju.apply_updates), which vmaps."
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_fn(spec):
+    """(params, grads, opt_state) -> (params, opt_state) through the FFI kernel; refuses
+    jvp / vjp (custom_jvp) and vmap (custom_vmap) with a message naming the XLA path."""
+    from jaxupdate.fused import _call, _kernels
+
+    k = _specs.KERNELS[spec.kind]
+    name = _call.target("step", _kernels.handler)
+
+    def run(params, grads, opt_state):
+        p_leaves, treedef = jax.tree.flatten(params)
+        g_leaves = treedef.flatten_up_to(grads)
+        fields = [treedef.flatten_up_to(t) for t in k.state(spec, opt_state)]
+        dtypes = {np.dtype(x.dtype) for x in p_leaves}
+        scalars = {dt: k.scalars(spec, opt_state, dt) for dt in dtypes}
+        new_p, new_s = _call.call(name, scalars, p_leaves, g_leaves, fields)
+        new_state = k.rebuild(spec, opt_state, [treedef.unflatten(s) for s in new_s])
+        return treedef.unflatten(new_p), new_state
+
+    batched = jax.custom_batching.custom_vmap(run)
+    batched.def_vmap(_not_batchable)
+    guarded = jax.custom_jvp(batched)
+    guarded.defjvp(_not_differentiable)
+    return guarded
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2, 4))
+def _chunk_step(name, sc, params, grads, states):
+    from jaxupdate.fused import _call
+
+    return _call.call_chunk(name, sc, params, grads, states)
+
+
+def _counts_only(opt_state):
+    """The chain state with only its ``count`` fields (all the scalars depend on): passing the
+    arrays to a jitted function would cost a dispatch per array."""
+    out = []
+    for s in opt_state:
+        fields = getattr(s, "_fields", ())
+        out.append(s._replace(**{f: None for f in fields if f != "count"}) if fields else s)
+    return type(opt_state)(out)
+
+
+@functools.lru_cache(maxsize=None)
+def _prep_fn(spec, dtypes):
+    """One small jitted call per step: the kernel scalars of each dtype and the incremented
+    counts (op by op they would be a few dozen dispatches)."""
+    k = _specs.KERNELS[spec.kind]
+
+    def prep(counts):
+        scalars = tuple(k.scalars(spec, counts, dt) for dt in dtypes)
+        return scalars, _specs._advance(spec, counts, {})
+
+    return jax.jit(prep)
+
+
+def _eager_kernel_step(spec, params, grads, opt_state):
+    """Outside jit: the kernel calls run chunk by chunk, each a small jitted call with its
+    parameters and state donated. A whole-step jit would hand XLA every leaf at once, and XLA's
+    compile time grows with the buffers of a computation (1,000 leaves of Adam: 2 s; 10,000:
+    100 s and 12 GB); the chunk computations are small and shared by every chunk of the same
+    shapes (a model repeats a few layer shapes), so the first call stays short."""
+    from jaxupdate.fused import _call, _kernels
+
+    k = _specs.KERNELS[spec.kind]
+    name = _call.target("step", _kernels.handler)
+    p_leaves, treedef = jax.tree.flatten(params)
+    g_leaves = treedef.flatten_up_to(grads)
+    fields = [treedef.flatten_up_to(t) for t in k.state(spec, opt_state)]
+    chunks = _call.chunks(p_leaves, len(fields))
+    dtypes = tuple(sorted({dt for dt, _ in chunks}, key=str))
+    sc, new_counts = _prep_fn(spec, dtypes)(_counts_only(opt_state))
+    scalars = dict(zip(dtypes, sc))
+    new_p, new_s = list(p_leaves), [list(f) for f in fields]
+    for dtype, chunk in chunks:
+        out_p, out_s = _chunk_step(name, scalars[dtype], [p_leaves[i] for i in chunk],
+                                   [g_leaves[i] for i in chunk],
+                                   tuple([f[i] for i in chunk] for f in fields))
+        for j, i in enumerate(chunk):
+            new_p[i] = out_p[j]
+            for f, out in zip(new_s, out_s):
+                f[i] = out[j]
+    counted = type(opt_state)(
+        s._replace(count=c.count) if "count" in getattr(s, "_fields", ()) else s
+        for s, c in zip(opt_state, new_counts)
+    )
+    new_state = k.rebuild(spec, counted, [treedef.unflatten(f) for f in new_s], increment=False)
+    return treedef.unflatten(new_p), new_state
+
+
+def _xla_step(tx, params, grads, opt_state, **extra_args):
+    updates, opt_state = tx.update(grads, opt_state, params, **extra_args)
+    return optax.apply_updates(params, updates), opt_state
+
+
+@functools.lru_cache(maxsize=64)
+def _eager_xla(tx):
+    return jax.jit(functools.partial(_xla_step, tx), donate_argnums=(0, 2))
+
+
+def _private_grads(grads, params, opt_state):
+    """``grads`` with copies of any leaf that is also a parameter or state array: those are
+    donated (consumed) by the eager step, and a buffer cannot be read after being donated in
+    the same call (``ju.step(tx, p, p, s)``)."""
+    donated = {id(x) for x in jax.tree.leaves((params, opt_state))}
+    if not any(id(g) in donated for g in jax.tree.leaves(grads)):
+        return grads
+    return jax.tree.map(lambda g: jnp.copy(g) if id(g) in donated else g, grads)
+
+
+def _is_traced(tree) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+def step(tx, params, grads, opt_state, **extra_args):
+    r"""One optimizer step: ``params, opt_state = ju.step(tx, params, grads, opt_state)``.
+
+    Algorithm: for a ``fused=True`` optimizer on CPU (float32 / float64 parameters), torch's
+    ``_fused_<name>`` in spirit: one numba-compiled XLA FFI kernel walks every leaf once,
+    reading ``param, grad`` and the state and writing ``param`` and the state in place (the
+    per-element arithmetic is the XLA path's, so the numbers are identical). Otherwise, for
+    every jaxupdate (or optax) transformation::
+
+        updates, opt_state = tx.update(grads, opt_state, params, **extra_args)
+        params = ju.apply_updates(params, updates)
+
+    Under ``jax.jit`` it emits that computation (donate ``params`` and ``opt_state`` in your
+    ``jit`` so the kernel updates them without copies); called outside ``jit`` it compiles
+    itself once (the fused kernels: per chunk of leaves, so that thousands of leaves compile
+    in seconds) and donates ``params`` and ``opt_state``: the arrays passed in are consumed,
+    as ``torch.optim``'s ``step()`` overwrites its tensors. Not differentiable and not
+    vmappable with a fused optimizer (as torch's ``fused=True``): use ``fused=False`` there.
+
+    Args:
+      tx: any ``optax.GradientTransformation`` (e.g. ``ju.adam(lr=1e-3, fused=True)``).
+      params, grads, opt_state: as for ``tx.update``.
+      **extra_args: passed to ``tx.update`` (e.g. ``value=`` for ReduceLROnPlateau); the
+        fused kernel takes none, so with extra arguments the XLA path runs.
+
+    Returns:
+      ``(new_params, new_opt_state)``.
+
+    Example::
+
+        >>> import jax.numpy as jnp, jaxupdate as ju
+        >>> tx = ju.sgd(lr=0.1, momentum=0.9)
+        >>> params = {"w": jnp.array([1.0, 2.0])}
+        >>> opt_state = tx.init(params)
+        >>> params, opt_state = ju.step(tx, params, {"w": jnp.array([1.0, 1.0])}, opt_state)
+        >>> params["w"]
+        Array([0.9, 1.9], dtype=float32)
+    """
+    spec = _specs.spec_of(tx)
+    if _use_kernel(spec, params, extra_args):
+        _check(tx, spec, params, grads, opt_state)
+        if not (_is_traced(params) or _is_traced(grads) or _is_traced(opt_state)):
+            grads = _private_grads(grads, params, opt_state)
+            return _eager_kernel_step(spec, params, grads, opt_state)
+        return _kernel_fn(spec)(params, grads, opt_state)
+    if _is_traced((params, grads, opt_state, extra_args)):
+        return _xla_step(tx, params, grads, opt_state, **extra_args)
+    grads = _private_grads(grads, params, opt_state)
+    try:
+        jitted = _eager_xla(tx)
+    except TypeError:  # a transformation that cannot be hashed: op by op
+        return _xla_step(tx, params, grads, opt_state, **extra_args)
+    return jitted(params, grads, opt_state, **extra_args)
+
+
+def fused_available(tx) -> bool:
+    """Whether ``ju.step(tx, ...)`` would run a fused kernel for float32 parameters here."""
+    return _use_kernel(_specs.spec_of(tx), [np.zeros(1, np.float32)], {})

@@ -1,0 +1,276 @@
+"""fused=True and ju.step: the numba XLA-FFI kernels against jaxupdate's XLA path and torch.
+
+The kernels repeat the XLA path's arithmetic element by element (jaxupdate/fused/_kernels.py),
+so trajectories are compared bit for bit where XLA compiles the same operations: float32
+without x64 and float64 with it. The XLA path's own float32 rounding under x64 (excess
+precision) and on trees of fewer than 8 leaves (a division rewritten) is pinned below with the
+measured bound.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import jaxupdate as ju
+from jaxupdate import fused as jf
+from tests.fused_cases import (
+    CASES,
+    case_id,
+    fused_trajectory,
+    make,
+    problem,
+    unfused_trajectory,
+)
+from tests.parity import TOL, rel_err, run_torch
+
+pytest.importorskip("numba", reason="the fused kernels are compiled with numba")
+step_mod = sys.modules["jaxupdate.step"]  # the module (ju.step is the function)
+
+
+def _assert_same(a, b, maxulp=0):
+    for (pa, sa), (pb, sb) in zip(a, b, strict=True):
+        la, lb = jax.tree.leaves((pa, sa)), jax.tree.leaves((pb, sb))
+        assert len(la) == len(lb)
+        for x, y in zip(la, lb):
+            x, y = np.asarray(x), np.asarray(y)
+            assert x.shape == y.shape and x.dtype == y.dtype
+            if maxulp == 0 or x.dtype.kind != "f" or not x.size:
+                np.testing.assert_array_equal(x, y)
+            else:
+                # ulps of the leaf's largest magnitude (elements near 0 have tiny ulps)
+                scale = np.spacing(np.max(np.abs(y)))
+                assert np.max(np.abs(x - y)) <= maxulp * scale, np.max(np.abs(x - y)) / scale
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_float32_bit_identical_to_xla_path(case):
+    with jax.enable_x64(False):
+        params, grads = problem(np.float32)
+        fused = fused_trajectory(make(*case, True), params, grads)
+        xla = unfused_trajectory(make(*case, False), params, grads)
+    _assert_same(fused, xla)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_float64_bit_identical_to_xla_path(case):
+    params, grads = problem(np.float64)
+    _assert_same(
+        fused_trajectory(make(*case, True), params, grads),
+        unfused_trajectory(make(*case, False), params, grads),
+    )
+
+
+@pytest.mark.parametrize("case", CASES[::3], ids=[case_id(c) for c in CASES[::3]])
+def test_float32_under_x64_within_ulps(case):
+    # Under jax_enable_x64, float32's single-rounding add_scaled runs in float64, and XLA's
+    # default xla_allow_excess_precision then skips some float32 roundings between those ops
+    # (and divides Adam's sqrt(v) by a reciprocal): measured at most 3 ulps (of the leaf's
+    # largest magnitude, SGD with dampening and weight decay) over these 6-step trajectories.
+    params, grads = problem(np.float32)
+    _assert_same(
+        fused_trajectory(make(*case, True), params, grads),
+        unfused_trajectory(make(*case, False), params, grads),
+        maxulp=4,
+    )
+
+
+def test_adam_small_tree_within_one_ulp():
+    # On trees of fewer than 8 leaves the XLA path's leaf arithmetic is not a nested call and
+    # XLA rewrites torch's sqrt(v) / sqrt(bc2) into sqrt(v) * rsqrt(bc2) (about 1% of the
+    # elements 1 ulp apart); the kernel keeps torch's division.
+    with jax.enable_x64(False):
+        params, grads = problem(np.float32, shapes=[(10_007,), (33,)])
+        fused = fused_trajectory(ju.adam(lr=1e-2, fused=True), params, grads)
+        xla = unfused_trajectory(ju.adam(lr=1e-2), params, grads)
+    _assert_same(fused, xla, maxulp=2)
+
+
+def _pointers(tree):
+    return [x.unsafe_buffer_pointer() for x in jax.tree.leaves(tree) if x.size and x.ndim]
+
+
+@pytest.mark.parametrize("name,kw", [("adam", {"amsgrad": True}), ("rmsprop", {
+    "centered": True, "momentum": 0.9})])
+def test_in_place_eager(name, kw):
+    params, grads = problem(np.float32, steps=2)
+    tx = make(name, kw, True)
+    p = jax.tree.map(jnp.asarray, params)
+    s = tx.init(p)
+    ju.step(tx, p, grads[0], s)  # first call compiles; the next one is timed for reuse
+    p = jax.tree.map(jnp.asarray, params)
+    s = tx.init(p)
+    before_p = _pointers(p)
+    before_s = _pointers([x for x in jax.tree.leaves(s) if x.ndim])
+    new_p, new_s = ju.step(tx, p, grads[1], s)
+    assert _pointers(new_p) == before_p
+    assert _pointers([x for x in jax.tree.leaves(new_s) if x.ndim]) == before_s
+    # donated, as documented (empty leaves have nothing to update and are passed through)
+    assert all(x.is_deleted() for x in jax.tree.leaves(p) if x.size)
+
+
+def test_in_place_inside_user_jit():
+    params, grads = problem(np.float32, steps=1)
+    tx = ju.adam(lr=1e-3, fused=True)
+
+    @jax.jit
+    def train_step(p, g, s):
+        return ju.step(tx, p, g, s)
+
+    train = jax.jit(train_step, donate_argnums=(0, 2))
+    p = jax.tree.map(jnp.asarray, params)
+    s = tx.init(p)
+    before = _pointers(p)
+    new_p, _ = train(p, grads[0], s)
+    assert _pointers(new_p) == before
+
+
+def test_one_kernel_call_per_chunk():
+    """Calls per step: one per CHUNK aliased buffers, not per leaf (jaxpr of a 1,000-leaf step)."""
+    from jaxupdate.fused import _call
+
+    params = [jnp.zeros((5,), jnp.float32) for _ in range(1000)]
+    tx = ju.adam(fused=True)
+    jaxpr = str(jax.make_jaxpr(lambda p, s: ju.step(tx, p, p, s))(params, tx.init(params)))
+    per_call = _call.CHUNK // 3
+    assert jaxpr.count("ffi_call[") == -(-1000 // per_call)
+    assert jaxpr.count(" sqrt") == 1  # Adam's bias correction, once; no per-leaf arithmetic
+
+
+def test_xla_route_forced(monkeypatch):
+    """The GPU route (XLA's own fusion) is tx.update + apply_updates; forced here on CPU."""
+    monkeypatch.setattr(step_mod, "BACKEND", "xla")
+    params, grads = problem(np.float32, steps=1)
+    tx = ju.adam(lr=1e-2, fused=True)
+    p = jax.tree.map(jnp.asarray, params)
+    jaxpr = str(jax.make_jaxpr(lambda p, g, s: ju.step(tx, p, g, s))(p, grads[0], tx.init(p)))
+    assert "ffi_call" not in jaxpr
+    assert not step_mod.fused_available(tx)
+    _assert_same(
+        fused_trajectory(tx, params, grads), unfused_trajectory(ju.adam(lr=1e-2), params, grads)
+    )
+
+
+def test_step_non_fused_transformations():
+    params, grads = problem(np.float64, steps=3)
+    for tx in (ju.nadam(lr=1e-2), ju.adam(lr=1e-2), ju.sgd(lr=0.1, momentum=0.9)):
+        _assert_same(fused_trajectory(tx, params, grads), unfused_trajectory(tx, params, grads))
+
+
+def test_unsupported_dtypes_take_xla_path():
+    params = {"w": jnp.ones(3, jnp.bfloat16), "c": jnp.ones(2, jnp.complex64)}
+    tx = ju.adam(lr=1e-2, fused=True)
+    jaxpr = str(jax.make_jaxpr(lambda p, s: ju.step(tx, p, p, s))(params, tx.init(params)))
+    assert "ffi_call" not in jaxpr
+
+
+def test_not_differentiable():
+    tx = ju.adam(lr=1e-2, fused=True)
+    p = {"w": jnp.ones(3)}
+
+    def loss(w):
+        new, _ = ju.step(tx, {"w": w}, {"w": w}, tx.init({"w": w}))
+        return jnp.sum(new["w"])
+
+    with pytest.raises(TypeError, match="not differentiable.*fused=False.*tx.update"):
+        jax.grad(loss)(p["w"])
+
+
+def test_not_vmappable():
+    tx = ju.sgd(lr=0.1, fused=True)
+    w = jnp.ones((4, 3))
+    with pytest.raises(TypeError, match="cannot be vmapped.*fused=False"):
+        jax.vmap(lambda w: ju.step(tx, {"w": w}, {"w": w}, tx.init({"w": w}))[0])(w)
+
+
+def test_without_numba_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(jf, "numba_available", lambda: False)
+    for fn in (ju.adam, ju.adamw, ju.sgd, ju.adagrad, ju.rmsprop):
+        with pytest.raises(ImportError, match=r"pip install 'jaxupdate\[fused\]'"):
+            fn(fused=True)
+        fn()  # fused=False needs nothing
+
+
+def test_state_interop_unchanged():
+    """A fused transformation keeps the unfused state types: torch_state_dict sees the same."""
+    params, grads = problem(np.float64, steps=2)
+    tx_f, tx_u = ju.adam(lr=1e-2, amsgrad=True, fused=True), ju.adam(lr=1e-2, amsgrad=True)
+    (pf, sf), (pu, su) = fused_trajectory(tx_f, params, grads)[-1], unfused_trajectory(
+        tx_u, params, grads)[-1]
+    assert jax.tree.structure(sf) == jax.tree.structure(su)
+    a = ju.torch_state_dict(tx_f, sf, pf)
+    b = ju.torch_state_dict(tx_u, su, pu)
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        for key, v in b["state"][k].items():
+            np.testing.assert_array_equal(np.asarray(a["state"][k][key]), np.asarray(v))
+
+
+TORCH = [
+    ("adam", torch.optim.Adam, {"lr": 1e-2, "amsgrad": True, "weight_decay": 0.1}),
+    ("adamw", torch.optim.AdamW, {"lr": 1e-2}),
+    ("sgd", torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+    ("adagrad", torch.optim.Adagrad, {"lr": 0.1, "lr_decay": 0.01}),
+    ("rmsprop", torch.optim.RMSprop, {"lr": 1e-2, "centered": True, "momentum": 0.9}),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name,cls,kw", TORCH, ids=[t[0] for t in TORCH])
+@pytest.mark.parametrize("kernel", ["fused", "single_tensor"])
+def test_parity_with_torch(name, cls, kw, dtype, kernel):
+    if kernel == "fused" and name == "rmsprop":
+        pytest.skip("torch 2.13 has no fused RMSprop")
+    rng = np.random.default_rng(1)
+    shapes = [(3001,), (), (0,), (7, 13)] + [(5,)] * 8
+    params = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(10)]
+    torch_kw = {"fused": True} if kernel == "fused" else {"foreach": False}
+    expected = run_torch(cls, {**kw, **torch_kw}, params, grads, dtype)
+    tx = getattr(ju, name)(**kw, fused=True)
+    npdt = np.float64 if dtype == torch.float64 else np.float32
+    traj = [[np.asarray(x) for x in p] for p, _ in fused_trajectory(
+        tx, [x.astype(npdt) for x in params], [[x.astype(npdt) for x in g] for g in grads])]
+    assert rel_err(traj, expected) <= TOL[dtype]
+
+
+def test_example_and_nnx_route():
+    """examples/fused_step.py: jax.jit + ju.step and jaxupdate.nnx_optimizer.Optimizer both
+    equal fused=False bit for bit (the script asserts it)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    res = subprocess.run([sys.executable, str(root / "examples" / "fused_step.py")], cwd=root,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "bit-identical: True" in res.stdout and "max |diff| 0.0e+00" in res.stdout
+
+
+def test_bad_layouts_raise_before_the_kernel():
+    tx = ju.adam(lr=1e-2, fused=True)
+    params = {"w": jnp.ones(3), "b": jnp.ones(2)}
+    state = tx.init(params)
+    with pytest.raises(ValueError, match=r"grads\['w'\] has shape \(4,\) but params has \(3,\)"):
+        ju.step(tx, params, {"w": jnp.ones(4), "b": jnp.ones(2)}, state)
+    with pytest.raises(ValueError, match="opt_state"):
+        ju.step(tx, params, params, ju.sgd(momentum=0.9, fused=True).init(params))
+    with pytest.raises(ValueError):
+        ju.step(tx, params, params, tx.init({"w": jnp.ones(5), "b": jnp.ones(2)}))
+
+
+def test_grads_that_are_the_params():
+    """Eager ju.step donates params and state; a gradient leaf that is one of those arrays
+    is copied first (else XLA refuses to read a donated buffer)."""
+    for tx in (ju.adam(lr=0.1, fused=True), ju.adam(lr=0.1)):
+        p = {"w": jnp.arange(3.0) + 1}
+        s = tx.init(p)
+        new, _ = ju.step(tx, p, p, s)
+        np.testing.assert_allclose(np.asarray(new["w"]), np.arange(3.0) + 1 - 0.1, rtol=1e-6)
