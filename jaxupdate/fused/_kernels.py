@@ -34,7 +34,7 @@ _OPTS = dict(error_model="numpy", cache=True)
 
 @njit(inline="always", **_OPTS)
 def _add_scaled(x, a, y, wide):
-    # jaxupdate._hparams.add_scaled: x + a * y, rounded once (float64 then float32) when wide
+    # jaxupdate.numerics.add_scaled: x + a * y, rounded once (float64 then float32) when wide
     w = round_like(np.float64(x) + np.float64(a) * np.float64(y), x)
     return if_wide(wide, w, fma(a, y, x))
 
@@ -48,9 +48,9 @@ def _addcmul1(x, t1, t2, wide):
 
 @njit(inline="always", **_OPTS)
 def _delta(new, old):
-    # jaxupdate._hparams.delta: 0 where old is infinite and stays so (inf - inf would be NaN)
+    # jaxupdate.numerics.delta: 0 where old is infinite and stays so (inf - inf would be NaN)
     d = new - old
-    zero = d * 0  # 0 of the right type wherever it is used (d is NaN there only if new is)
+    zero = round_like(0.0, d)  # 0 in d's type (d * 0 would be a float64 for float32 d)
     keep = (abs(old) == np.inf) & (new == old)
     return zero if keep else d
 
@@ -72,9 +72,13 @@ def _lerp(start, end, small, w, one_minus_w):
 
 
 @njit(inline="always", **_OPTS)
-def _ema_square(avg, g, decay, one_minus_decay):
-    # jaxupdate.transforms.moments.ema_square: avg * decay + (1 - decay) * g * g
-    return fma(avg, decay, one_minus_decay * g * g)
+def _ema_square(avg, g, decay, one_minus_decay, wide):
+    # jaxupdate.numerics.ema_square: torch's avg.mul_(decay).addcmul_(g, g, value=1 - decay),
+    # both products rounded first, one rounding of the sum (numerics.addcmul)
+    x = avg * decay
+    s = one_minus_decay * g
+    w = round_like(np.float64(x) + np.float64(s) * np.float64(g), x)
+    return if_wide(wide, w, fma(s, g, x))
 
 
 @njit(inline="always", **_OPTS)
@@ -92,19 +96,20 @@ def _grad(g, p, maximize, coupled, wd, wide):
 def _adam_element(k, pi, gi, mi, vi, vmax, amsgrad, wide, gen, dec):
     """One element of Adam: (new p, m, v, v_max); ``k``: the scalars, read before the loop
     (read inside it, they would be reloaded at every element: the arrays may alias)."""
-    maximize, coupled, wd, small, w, omw, b2, omb2, bc2s, eps, ibc1, neglr, dwd, factor = k
+    maximize, coupled, wd, small, w, omw, b2, omb2, bc2s, eps, value, dwd, factor = k
     # gen / dec: compile-time markers (float64: present), see adam_loop
     gi = if_wide(gen, _grad(gi, pi, maximize, coupled, wd, wide), gi)
     mi = _lerp(mi, gi, small, w, omw)
-    vi = _ema_square(vi, gi, b2, omb2)
+    vi = _ema_square(vi, gi, b2, omb2, wide)
     vmax = _maximum(vmax, vi) if amsgrad else vi
-    # torch's division (XLA keeps it when the leaf arithmetic is a nested call, as for
-    # trees of >= 8 leaves; on fewer leaves it may rewrite it as sqrt(v) * rsqrt(bc2),
-    # 1 ulp apart on about 1% of elements)
+    # torch's true division (numerics.true_divide keeps it in the XLA path too)
     denom = np.sqrt(vmax) / bc2s + eps
-    d = (ibc1 * mi) / denom
-    u = _delta(_add_scaled(pi, neglr, d, wide), pi)
-    return pi + if_wide(dec, _delta(fma(pi, factor, u), pi), u), mi, vi, vmax
+    # param.addcdiv_(exp_avg, denom, value=-lr / bc1): (value * m) / denom, each rounded,
+    # then added (numerics.addcdiv_term, returned as the update and added by apply_updates)
+    d = (value * mi) / denom
+    # decoupled weight decay: param.mul_(1 - lr * wd) rounded before the step is added
+    # (transforms.decoupled_weight_decay: delta(p * factor + d, p), then apply_updates)
+    return pi + if_wide(dec, _delta(pi * factor + d, pi), d), mi, vi, vmax
 
 
 @njit(**_OPTS)
@@ -114,7 +119,7 @@ def adam_loop(sc, p, g, m, v, vm, n, n_state, wide, gen, dec):
     without the arithmetic a configuration does not use (selects on runtime flags cost a
     third of the step: 9.5 vs 6.3 ms for 10M float32 on the 2-core test machine)."""
     k = (sc[0] != 0, sc[1] != 0, sc[2], sc[3] != 0, sc[4], sc[5], sc[6], sc[7], sc[8], sc[9],
-         sc[10], sc[11], sc[12] != 0, sc[13])
+         sc[10], sc[11] != 0, sc[12])
     if n_state == 3:  # amsgrad: a loop that also reads and writes max_exp_avg_sq
         for i in range(n):
             p[i], m[i], v[i], vm[i] = _adam_element(k, p[i], g[i], m[i], v[i], vm[i], True,
@@ -175,17 +180,21 @@ def _rms_element(k, pi, gi, si, gai, bi, centered, has_mom, wide):
     """One element of RMSprop: (new p, square_avg, grad_avg, momentum_buffer)."""
     maximize, coupled, wd, a, oma, small, w, omw, eps, mom, keep, neglr = k
     gi = _grad(gi, pi, maximize, coupled, wd, wide)
-    si = _ema_square(si, gi, a, oma)
+    si = _ema_square(si, gi, a, oma, wide)
     if centered:
         gai = _lerp(gai, gi, small, w, omw)
-        avg = np.sqrt(fma(-gai, gai, si))  # sqrt(square_avg - grad_avg**2), contracted
+        # square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_(): one rounding
+        var = round_like(np.float64(si) - np.float64(gai) * np.float64(gai), si)
+        avg = np.sqrt(if_wide(wide, var, fma(-gai, gai, si)))
     else:
         avg = np.sqrt(si)
-    d = gi / (avg + eps)
     if has_mom:
-        bi = _momentum(bi, mom, keep, d, wide)
-        d = bi
-    return pi + _delta(_add_scaled(pi, neglr, d, wide), pi), si, gai, bi
+        # buf.mul_(momentum).addcdiv_(grad, avg); param.add_(buf, alpha=-lr)
+        bi = _momentum(bi, mom, keep, gi / (avg + eps), wide)
+        return pi + _delta(_add_scaled(pi, neglr, bi, wide), pi), si, gai, bi
+    # param.addcdiv_(grad, avg, value=-lr): (-lr * g) / avg, each rounded, then added
+    # (scale_by_torch_rms(lr=...): numerics.addcdiv_term as the update)
+    return pi + (neglr * gi) / (avg + eps), si, gai, bi
 
 
 @njit(**_OPTS)
@@ -219,7 +228,7 @@ KINDS = ("adam", "sgd", "adagrad", "rmsprop")
 def _adam(sc, p, g, s1, s2, s3, n, n_state, wide):
     f64, f32 = np.float64(0), np.float32(0)
     gen = sc[0] != 0 or sc[1] != 0  # maximize, coupled weight decay
-    if sc[12] != 0:  # decoupled weight decay
+    if sc[11] != 0:  # decoupled weight decay
         if gen:
             adam_loop(sc, p, g, s1, s2, s3, n, n_state, wide, f64, f64)
         else:

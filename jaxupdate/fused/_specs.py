@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._hparams import bias_correction, cast, is_number, resolve, step_float
+from jaxupdate._hparams import is_number, resolve
+from jaxupdate.numerics import bias_correction, cast, step_float
 
 _ATTR = "_jaxupdate_fused"
 
@@ -51,7 +52,7 @@ class _Like(NamedTuple):
 
 
 def _c(s, dtype):
-    # jaxupdate._hparams.cast against an array of this dtype
+    # jaxupdate.numerics.cast against an array of this dtype
     return cast(s, _Like(jnp.dtype(dtype)))
 
 
@@ -60,7 +61,7 @@ def _flag(b, dtype):
 
 
 def _wide(dtype) -> bool:
-    # jaxupdate._hparams.fused_dtype: float32 computed in float64 under x64
+    # jaxupdate.numerics.fused_dtype: float32 computed in float64 under x64
     return jnp.dtype(dtype) == jnp.float32 and bool(jax.config.jax_enable_x64)
 
 
@@ -97,7 +98,8 @@ def adam_scalars(spec, state, dtype):
     s = state[spec.blocks.index("adam")]
     b1, b2, e = resolve(beta1, s.count), resolve(beta2, s.count), resolve(eps, s.count)
     step = step_float(s.count)
-    inv_bc1 = 1.0 / bias_correction(b1, step)
+    # scale_by_torch_adam(lr=...): addcdiv_'s value -lr / bc1, in the scalar dtype
+    value = -(resolve(lr, state[spec.blocks.index("lr")].count) / bias_correction(b1, step))
     small, w, omw = _lerp_scalars(1.0 - b1, dtype)
     if "dwd" in spec.blocks:
         c = state[spec.blocks.index("dwd")].count
@@ -108,7 +110,7 @@ def adam_scalars(spec, state, dtype):
         _grad_scalars(spec, state, dtype, wd)
         + [small, w, omw, _c(b2, dtype), _c(1.0 - b2, dtype),
            _c(jnp.sqrt(bias_correction(b2, step)), dtype), _c(e, dtype),
-           _c(inv_bc1, dtype), _neg_lr(spec, state, lr, dtype)]
+           _c(value, dtype)]
         + dwd + [_flag(_wide(dtype), dtype)],
         dtype,
         "adam",
