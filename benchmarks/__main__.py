@@ -1,7 +1,7 @@
 """jaxupdate vs torch.optim vs optax: update-step time, first call, peak memory, a training step.
 
 ``python -m benchmarks`` (or ``make bench``) runs the default preset, a few minutes on a 2-core
-machine; ``--full`` runs issue 7's whole grid (sizes 1M, 10M, 100M x 10 to 10,000 leaves; hours
+machine; ``--full`` runs the whole grid (sizes 1M, 10M, 100M x 10 to 10,000 leaves; hours
 on 2 cores, most of it compiling 10,000-leaf steps); ``--preset gpu`` times Adam up to 1B
 parameters against torch's fused CUDA Adam on a CUDA machine. Results go to ``benchmarks/results/``:
 ``results.json`` (everything, raw samples included), ``results.md`` (the tables, also printed) and
@@ -48,7 +48,7 @@ PRESETS = {
         "train": {"width": 1024, "depth": 4, "batch": 256, "d_in": 128, "rounds": 15,
                   "warmup": 3, "optimizers": ["sgd", "adam"]},
     },
-    # issue 7 item 4, for a machine with a CUDA GPU (jax with CUDA, torch with CUDA): Adam up to
+    # for a machine with a CUDA GPU (jax with CUDA, torch with CUDA): Adam up to
     # 1B parameters against torch's fused CUDA Adam, as a share of the measured HBM bandwidth
     # (the roofline of the cuda rows); no CPU torch contenders at that size
     "gpu": {
@@ -61,7 +61,7 @@ PRESETS = {
         "train": {"width": 1024, "depth": 4, "batch": 256, "d_in": 128, "rounds": 15,
                   "warmup": 3, "optimizers": ["adam"]},
     },
-    # issue 7's grid; 100M is skipped where memory does not allow it
+    # the whole grid; 100M is skipped where memory does not allow it
     "full": {
         "grid": [(ALL, ["1M", "10M", "100M"], [10, 100, 1000, 10000])],
         "rounds": 21, "warmup": 3, "bandwidth_floats": "50M",

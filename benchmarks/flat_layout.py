@@ -1,6 +1,6 @@
 """Experiment: does a flat, contiguous optimizer state make XLA's CPU step faster?
 
-Issue 7 asked to measure the idea of flattening small leaves of one dtype into contiguous
+This measures the idea of flattening small leaves of one dtype into contiguous
 buffers with the state kept flat. This script times Adam (float32, torch's defaults) written
 four ways, all with optax's API (``update`` returns per-leaf updates, ``optax.apply_updates``
 adds them), interleaved in one process, medians:

@@ -61,7 +61,7 @@ def test_tiny_run_writes_json_markdown_and_plots(tmp_path):
 
     md = (tmp_path / "results.md").read_text()
     for heading in ("## Update step", "## First call", "## Peak memory", "## Whole training step",
-                    "## Issue 7 CPU targets"):
+                    "## CPU speed targets"):
         assert heading in md
     assert m["cpu_model"] in md and "| adam | 10k | 10 |" in md
     for name in PLOTS:
@@ -197,7 +197,7 @@ def test_jax_contenders_that_cannot_compile_in_memory_are_dropped_with_a_reason(
 
 
 def test_gpu_preset_settings_and_refusal_without_cuda():
-    """``--preset gpu`` (issue 7 item 4): Adam at 100M and 1B against torch's CUDA kernels;
+    """``--preset gpu`` (Adam at GPU sizes): Adam at 100M and 1B against torch's CUDA kernels;
     on a machine without a CUDA GPU it stops with a clear message instead of timing CPUs."""
     from benchmarks.__main__ import _parser, _settings, main
     from benchmarks.update_step import _cuda_available, _jax_platform
