@@ -37,8 +37,8 @@ def _check(tx, spec, params, grads, opt_state):
     validators that name the first mismatching path run."""
     from jaxupdate.transforms.validate import (
         OptimizerInputError,
-        _check_state,
         check_same_layout,
+        check_state_fits,
     )
 
     p_layout = _layout(params)
@@ -52,7 +52,7 @@ def _check(tx, spec, params, grads, opt_state):
     if not ok:
         treedef, shapes = p_layout
         abstract = treedef.unflatten([jax.ShapeDtypeStruct(s, d) for s, d in shapes])
-        _check_state(opt_state, jax.eval_shape(tx.init, abstract), "params", None)
+        check_state_fits(opt_state, jax.eval_shape(tx.init, abstract), "params", None)
         raise OptimizerInputError("opt_state does not hold the state tx.init builds for params")
 
 

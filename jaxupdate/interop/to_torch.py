@@ -52,8 +52,7 @@ from jaxupdate.lr_scheduler._base import PerEpoch, Schedule
 from jaxupdate.lr_scheduler.inject import InjectState, plain_view
 from jaxupdate.lr_scheduler.plateau import PlateauState, ReduceLROnPlateau
 from jaxupdate.param_groups import GroupsDescription, ParamGroupsState
-from jaxupdate.transforms.validate import _check_state as check_state_fits
-from jaxupdate.transforms.validate import _name_of
+from jaxupdate.transforms.validate import check_state_fits, optimizer_name
 
 # torch's warning when a scheduler steps before its optimizer ever did: moving a scheduler to
 # the run's position is exactly that, and harmless here
@@ -603,7 +602,7 @@ def _check_state(tx, opt_state, params):
     except jax.errors.JAXTypeError:
         # an init that reads concrete values (from_torch's loads torch's state_dict)
         want = tx.init(params)
-    check_state_fits(opt_state, want, "params", _name_of(tx))
+    check_state_fits(opt_state, want, "params", optimizer_name(tx))
 
 
 def _settle(group: dict, key: str, wanted, g: int, scheduler):

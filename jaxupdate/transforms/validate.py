@@ -199,7 +199,7 @@ def _looks_like(names: list[str]) -> Optional[str]:
     return None
 
 
-def _name_of(tx) -> Optional[str]:
+def optimizer_name(tx) -> Optional[str]:
     """The optimizer's name when its constructor left a description on it (``described``)."""
     return getattr(description(tx), "name", None)
 
@@ -259,15 +259,18 @@ def validate_inputs(inner: optax.GradientTransformation) -> optax.GradientTransf
         else:
             check_params(updates, "grads")
             reference, ref_name = updates, "grads"
-        name = _name_of(tx) or _name_of(wrapped)
-        _check_state(state, expected_state(reference), ref_name, name)
+        name = optimizer_name(tx) or optimizer_name(wrapped)
+        check_state_fits(state, expected_state(reference), ref_name, name)
         return inner.update(updates, state, params, **extra_args)
 
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
     return tx
 
 
-def _check_state(state, expected, ref_name: str, name: Optional[str]) -> None:
+def check_state_fits(state, expected, ref_name: str, name: Optional[str]) -> None:
+    """Raises :class:`OptimizerInputError` naming the first path where ``state`` differs from
+    ``expected`` (what ``tx.init`` builds for ``ref_name``) in structure, shape or dtype;
+    ``name``: the optimizer's name for the message, or None."""
     s_paths, s_leaves, s_def = _flatten(state)
     e_paths, e_leaves, e_def = _flatten(expected)
     if s_def != e_def:
