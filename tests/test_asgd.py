@@ -12,42 +12,26 @@ import torch
 from jaxupdate.optim.asgd import asgd, averaged_params
 from jaxupdate.optim.sgd import sgd
 from jaxupdate.transforms.asgd import TorchASGDState
+from tests import parity as P
 from tests.oracle import run_jax_states, run_torch_states
-from tests.parity import (
-    DTYPE_IDS,
-    DTYPES,
-    TOL,
-    array_kwargs,
-    assert_float32_without_x64,
-    find_state,
-    max_rel,
-    problem,
-    rel_err,
-    run_jax,
-    run_jax_scan,
-    run_torch,
-    run_torch_float64_scalars,
-)
 
 TORCH_CLS = torch.optim.ASGD
 
 
-
-
 @pytest.mark.parametrize("t0", [0.0, 5.0, 1e6], ids=["t0=0", "t0=5", "t0=1e6"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("dtype", P.DTYPES, ids=P.DTYPE_IDS)
 def test_averaged_params_match_torch_ax(dtype, t0):
     """averaged_params(state) is torch's optimizer.state[p]['ax'] after every step, and
     eta, mu (float32 scalars in torch) and step match too."""
     kw = dict(lr=0.05, lambd=0.01, t0=t0, weight_decay=0.1)
-    params, grads = problem(dtype, 15)
+    params, grads = P.problem(dtype, 15)
     t_traj, t_states = run_torch_states(TORCH_CLS, kw, params, grads, dtype)
     j_traj, j_states = run_jax_states(asgd(**kw), params, grads, dtype)
-    tol = TOL[dtype]
-    assert rel_err(j_traj, t_traj) <= tol
+    tol = P.TOL[dtype]
+    assert P.rel_err(j_traj, t_traj) <= tol
     averaging_seen = False
     for ts, js in zip(t_states, j_states, strict=True):
-        s = find_state(js, TorchASGDState)
+        s = P.find_state(js, TorchASGDState)
         ax = averaged_params(js)
         for leaf, t in enumerate(ts):
             assert s.eta.dtype == jnp.float32 and s.mu.dtype == jnp.float32
@@ -55,7 +39,7 @@ def test_averaged_params_match_torch_ax(dtype, t0):
             assert float(s.mu) == float(t["mu"])
             assert int(s.count) == float(t["step"])
             assert ax[leaf].dtype == t["ax"].dtype
-            assert max_rel(np.asarray(ax[leaf]), t["ax"]) <= tol
+            assert P.max_rel(np.asarray(ax[leaf]), t["ax"]) <= tol
         averaging_seen |= float(ts[0]["mu"]) != 1
     assert averaging_seen == (t0 < 14)
 
@@ -108,22 +92,22 @@ def test_averaged_params_needs_an_asgd_state():
 def test_float32_eta_is_what_torch_keeps():
     """A float64 eta would move the float64 trajectory by ~1e-9: measurable, not noise."""
     kw = dict(lr=0.0123, lambd=0.05)
-    params, grads = problem(torch.float64, 30)
-    t = run_torch(TORCH_CLS, kw, params, grads, torch.float64)
-    assert rel_err(run_jax(asgd(**kw), params, grads, torch.float64), t) <= TOL[torch.float64]
-    t64 = run_torch_float64_scalars(TORCH_CLS, kw, params, grads, torch.float64)
-    assert rel_err(t64, t) > 100 * TOL[torch.float64]
+    params, grads = P.problem(torch.float64, 30)
+    t = P.run_torch(TORCH_CLS, kw, params, grads, torch.float64)
+    assert P.rel_err(P.run_jax(asgd(**kw), params, grads, torch.float64), t) <= P.TOL[torch.float64]
+    t64 = P.run_torch_float64_scalars(TORCH_CLS, kw, params, grads, torch.float64)
+    assert P.rel_err(t64, t) > 100 * P.TOL[torch.float64]
 
 
 def test_jit_scan_no_python_flags():
     """The whole trajectory inside one lax.scan: the mu == 1 switch lives in state."""
     kw = dict(lr=0.05, lambd=0.01, t0=3.0, weight_decay=0.1, maximize=True)
-    params, grads = problem(torch.float64, 20)
+    params, grads = P.problem(torch.float64, 20)
     t, t_states = run_torch_states(TORCH_CLS, kw, params, grads, torch.float64)
-    j, state = run_jax_scan(asgd(**kw), params, grads)
-    assert rel_err(j, t) <= TOL[torch.float64]
+    j, state = P.run_jax_scan(asgd(**kw), params, grads)
+    assert P.rel_err(j, t) <= P.TOL[torch.float64]
     for leaf, x in enumerate(averaged_params(state)):
-        assert max_rel(np.asarray(x), t_states[-1][leaf]["ax"]) <= TOL[torch.float64]
+        assert P.max_rel(np.asarray(x), t_states[-1][leaf]["ax"]) <= P.TOL[torch.float64]
 
 
 def test_schedules_match_torch_group_values():
@@ -137,24 +121,24 @@ def test_schedules_match_torch_group_values():
     def t0_at(c):
         return 8.0 - c / 4
 
-    params, grads = problem(torch.float64, 20)
+    params, grads = P.problem(torch.float64, 20)
     t, t_states = run_torch_states(
         TORCH_CLS, dict(lr=lr_at(0)), params, grads, torch.float64,
         lambda c: dict(lr=lr_at(c), lambd=lambd_at(c), t0=t0_at(c)),
     )
     tx = asgd(lr=lr_at, lambd=lambd_at, t0=t0_at)
     j, j_states = run_jax_states(tx, params, grads, torch.float64)
-    assert rel_err(j, t) <= TOL[torch.float64]
+    assert P.rel_err(j, t) <= P.TOL[torch.float64]
     for leaf, x in enumerate(averaged_params(j_states[-1])):
-        assert max_rel(np.asarray(x), t_states[-1][leaf]["ax"]) <= TOL[torch.float64]
+        assert P.max_rel(np.asarray(x), t_states[-1][leaf]["ax"]) <= P.TOL[torch.float64]
 
 
 def test_array_hyperparameters():
     kw = dict(lr=0.05, lambd=0.01, alpha=0.6, t0=4.0, weight_decay=0.1)
-    params, grads = problem(torch.float64, 20)
-    t = run_torch(TORCH_CLS, kw, params, grads, torch.float64)
-    j = run_jax(asgd(**array_kwargs(kw)), params, grads, torch.float64)
-    assert rel_err(j, t) <= TOL[torch.float64]
+    params, grads = P.problem(torch.float64, 20)
+    t = P.run_torch(TORCH_CLS, kw, params, grads, torch.float64)
+    j = P.run_jax(asgd(**P.array_kwargs(kw)), params, grads, torch.float64)
+    assert P.rel_err(j, t) <= P.TOL[torch.float64]
 
 
 def test_needs_params():
@@ -165,9 +149,7 @@ def test_needs_params():
 
 def test_float32_without_x64():
     kw = dict(lr=0.05, lambd=0.01, t0=5.0, weight_decay=0.1)
-    assert_float32_without_x64(TORCH_CLS, asgd, kw)
-
-
+    P.assert_float32_without_x64(TORCH_CLS, asgd, kw)
 
 
 def test_unchecked_like_torch():

@@ -1,4 +1,4 @@
-"""Parity of jaxupdate's radam with torch.optim.RAdam: table, grid, rectification switch."""
+"""RAdam beyond the shared table (tests/optim_db.py): state, the rectification switch, schedules."""
 
 from __future__ import annotations
 
@@ -10,42 +10,26 @@ import torch
 
 from jaxupdate.optim.radam import radam
 from jaxupdate.transforms.nadam_radam import TorchRAdamState, radam_rho
+from tests import parity as P
 from tests.oracle import run_jax_states, run_torch_states
-from tests.parity import (
-    TOL,
-    array_kwargs,
-    as_real,
-    assert_float32_without_x64,
-    assert_parity,
-    assert_without_params,
-    find_state,
-    max_rel,
-    problem,
-    rel_err,
-    run_jax,
-    run_jax_scan,
-    run_torch,
-)
 
 TORCH_CLS = torch.optim.RAdam
-
-
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=["f64", "c128"])
 def test_state_matches_torch(dtype):
     """step, exp_avg and exp_avg_sq after every step (complex state in torch's real view)."""
     kw = dict(lr=0.01, weight_decay=0.1, maximize=True)
-    params, grads = problem(dtype, 12)
+    params, grads = P.problem(dtype, 12)
     _, t_states = run_torch_states(TORCH_CLS, kw, params, grads, dtype)
     _, j_states = run_jax_states(radam(**kw), params, grads, dtype)
     for ts, js in zip(t_states, j_states, strict=True):
-        s = find_state(js, TorchRAdamState)
+        s = P.find_state(js, TorchRAdamState)
         for leaf, t in enumerate(ts):
             assert int(s.count) == float(t["step"])
             for key in ("exp_avg", "exp_avg_sq"):
-                err = max_rel(getattr(s, key)[leaf], as_real(t[key]))
-                assert err <= TOL[torch.float64], (key, err)
+                err = P.max_rel(getattr(s, key)[leaf], P.as_real(t[key]))
+                assert err <= P.TOL[torch.float64], (key, err)
 
 
 @pytest.mark.parametrize("betas", [(0.9, 0.0), (0.9, 0.5), (0.0, 0.99)])
@@ -55,7 +39,7 @@ def test_rectification_switch(betas):
     rho_inf = 2 / (1 - betas[1]) - 1
     switch = [rho_inf - 2 * t * betas[1] ** t / (1 - betas[1] ** t) > 5 for t in (5, 6)]
     assert switch == ([False, False] if rho_inf <= 5 else [False, True])
-    assert_parity(TORCH_CLS, radam, kw, torch.float64, steps=12)
+    P.assert_parity(TORCH_CLS, radam, kw, torch.float64, steps=12)
 
 
 def test_rho_float32_has_no_cancellation():
@@ -88,10 +72,10 @@ def test_rho_float32_has_no_cancellation():
 def test_jit_scan_no_python_flags():
     """The whole trajectory inside one lax.scan (state only, no Python-side flags)."""
     kw = dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)
-    params, grads = problem(torch.float64, 30)
-    t = run_torch(TORCH_CLS, kw, params, grads, torch.float64)
-    j, _ = run_jax_scan(radam(**kw), params, grads)
-    assert rel_err(j, t) <= TOL[torch.float64]
+    params, grads = P.problem(torch.float64, 30)
+    t = P.run_torch(TORCH_CLS, kw, params, grads, torch.float64)
+    j, _ = P.run_jax_scan(radam(**kw), params, grads)
+    assert P.rel_err(j, t) <= P.TOL[torch.float64]
 
 
 def test_schedules_match_torch_group_values():
@@ -105,26 +89,26 @@ def test_schedules_match_torch_group_values():
     def beta2_at(c):
         return 0.99 - 0.001 * c
 
-    params, grads = problem(torch.float64, 20)
+    params, grads = P.problem(torch.float64, 20)
     t, _ = run_torch_states(
         TORCH_CLS, dict(lr=lr_at(0), weight_decay=0.1), params, grads, torch.float64,
         lambda c: dict(lr=lr_at(c), betas=(beta1_at(c), beta2_at(c))),
     )
     tx = radam(lr=lr_at, betas=(beta1_at, beta2_at), weight_decay=0.1)
-    assert rel_err(run_jax(tx, params, grads, torch.float64), t) <= TOL[torch.float64]
+    assert P.rel_err(P.run_jax(tx, params, grads, torch.float64), t) <= P.TOL[torch.float64]
 
 
 def test_array_hyperparameters():
     kw = dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)
-    params, grads = problem(torch.float64, 20)
-    t = run_torch(TORCH_CLS, kw, params, grads, torch.float64)
-    j = run_jax(radam(**array_kwargs(kw)), params, grads, torch.float64)
-    assert rel_err(j, t) <= TOL[torch.float64]
+    params, grads = P.problem(torch.float64, 20)
+    t = P.run_torch(TORCH_CLS, kw, params, grads, torch.float64)
+    j = P.run_jax(radam(**P.array_kwargs(kw)), params, grads, torch.float64)
+    assert P.rel_err(j, t) <= P.TOL[torch.float64]
 
 
 def test_without_params():
     """update(grads, state) without params: the same step up to rounding (one add less)."""
-    assert_without_params(TORCH_CLS, radam, dict(lr=0.01, maximize=True))
+    P.assert_without_params(TORCH_CLS, radam, dict(lr=0.01, maximize=True))
     with pytest.raises(ValueError, match="needs the current parameters"):
         tx = radam(weight_decay=0.1, decoupled_weight_decay=True)
         tx.update([jnp.ones(2)], tx.init([jnp.ones(2)]))
@@ -132,9 +116,7 @@ def test_without_params():
 
 def test_float32_without_x64():
     kw = dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, betas=(0.9, 0.99))
-    assert_float32_without_x64(TORCH_CLS, radam, kw)
-
-
+    P.assert_float32_without_x64(TORCH_CLS, radam, kw)
 
 
 def test_float_and_array_betas_mix_like_torch():
