@@ -12,7 +12,7 @@
 
 from optax import apply_updates
 
-from jaxupdate import checkpoint, interop, lr_scheduler, sharding, swa_utils, transforms
+from jaxupdate import checkpoint, interop, lr_scheduler, optim, sharding, swa_utils, transforms
 from jaxupdate.accumulate import accumulate_grads
 from jaxupdate.clip_grad import (
     clip_grad_norm,
@@ -24,23 +24,7 @@ from jaxupdate.clip_grad import (
 )
 from jaxupdate.interop import from_torch, load_torch_state_dict, to_torch, torch_state_dict
 from jaxupdate.nonfinite import skip_nonfinite
-from jaxupdate.optim import (
-    adadelta,
-    adafactor,
-    adagrad,
-    adam,
-    adamax,
-    adamw,
-    asgd,
-    lbfgs,
-    muon,
-    nadam,
-    radam,
-    rmsprop,
-    rprop,
-    sgd,
-    sparse_adam,
-)
+from jaxupdate.optim import *  # noqa: F403 - every optimizer, as listed in optim.__all__
 from jaxupdate.param_groups import param_groups
 from jaxupdate.precision import kahan_summation, master_params, master_weights
 from jaxupdate.step import step
@@ -67,24 +51,10 @@ __all__ = [
     "torch_state_dict",
     "lr_scheduler",
     "swa_utils",
-    "adadelta",
-    "adafactor",
-    "adagrad",
-    "adam",
-    "adamax",
-    "adamw",
     "apply_updates",
-    "asgd",
-    "lbfgs",
-    "muon",
-    "nadam",
-    "radam",
-    "rmsprop",
-    "rprop",
     "sharding",
     "step",
     "skip_nonfinite",
-    "sgd",
-    "sparse_adam",
     "transforms",
+    *optim.__all__,
 ]

@@ -20,9 +20,6 @@ import sys
 import time
 from typing import Optional, Sequence
 
-# optimizers whose update loops (line search, Newton-Schulz) run faster compiled
-_JIT = ("LBFGS", "Muon", "Adafactor")
-
 
 def _progress(i: int, n: int, what: str, t0: float):
     line = f"[{i:>3}/{n}] {time.time() - t0:5.1f}s  {what}"
@@ -57,8 +54,9 @@ def parity(quick: bool = False, only: Optional[Sequence[str]] = None, steps: Opt
     for name, inputs, cplx in table:
         cfgs = P.configs(inputs)[:1] if quick else P.configs(inputs)
         for dtype in dtypes:
-            # L-BFGS's loss here is real; torch's LBFGS complex path is tested in tests/
-            if dtype.startswith("complex") and (not cplx or name == "LBFGS"):
+            # a closure-driven optimizer (L-BFGS) runs on the harness's real loss; torch's
+            # LBFGS complex path is tested in tests/
+            if dtype.startswith("complex") and (not cplx or P.parity_of(name).closure):
                 continue
             for kw in cfgs:
                 jobs.append(("opt", name, dtype, kw))
@@ -76,7 +74,7 @@ def parity(quick: bool = False, only: Optional[Sequence[str]] = None, steps: Opt
             _, name, dtype, kw = job
             label = f"{name} {dtype} {kw}"
             key = (name, dtype)
-            run = functools.partial(P.check, name, kw, dtype, steps, jit=name in _JIT)
+            run = functools.partial(P.check, name, kw, dtype, steps, jit=P.jit_for(name))
         else:
             _, (sname, cls, kw, fn), dtype, convert_at = job
             label = f"{sname} ({cls}) from_torch at step {convert_at}"

@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxupdate._described import attach, bind_kwargs, description
+from jaxupdate._described import attach, bind_kwargs, declaration, description
 
 DUPLICATE_MESSAGE = "some parameters appear in more than one parameter group"
 SELECTOR_KEYS = ("params", "label")
@@ -92,10 +92,6 @@ class GroupsDescription(NamedTuple):
     @property
     def name(self) -> str:
         return self.fn.__name__
-
-    @property
-    def qualname(self) -> str:
-        return f"{self.fn.__module__}.{self.fn.__qualname__}"
 
     @property
     def whole(self) -> bool:
@@ -383,13 +379,10 @@ def _parse_group(fn, defaults: dict, group, index: int) -> tuple[Group, Any]:
 
 
 def constructor_only(fn) -> tuple:
-    """Arguments ``fn``'s torch class reads in its constructor only, never per group."""
-    while fn is not None:
-        names = getattr(fn, "constructor_only", None)
-        if names is not None:
-            return tuple(names)
-        fn = getattr(fn, "__wrapped__", None)
-    return ()
+    """Arguments ``fn``'s torch class reads in its constructor only, never per group (its
+    ``torch_optimizer`` declaration's ``constructor_only``)."""
+    decl = declaration(fn)
+    return decl.constructor_only if decl is not None else ()
 
 
 def param_groups(

@@ -27,10 +27,10 @@ CONFIGS = [
 @pytest.mark.parametrize("name,kwargs", CONFIGS)
 def test_torch_configs_mid_run(name, kwargs):
     """Every config of torch's own table: converted after 3 torch steps (state carried over)."""
-    # eager where it is faster than compiling (~90 configs); loops (L-BFGS, Newton-Schulz) jit
-    jit = name in ("LBFGS", "Muon", "Adafactor")
+    # eager where it is faster than compiling (~90 configs); loops (L-BFGS, Newton-Schulz) jit,
+    # as each optimizer's declaration says (parity.jit)
     j, t = P.trajectories(name, kwargs, "float64", 6, via_from_torch=True, convert_at=3,
-                          jit=jit)
+                          jit=P.jit_for(name))
     err = P.rel_err(j, t)
     assert err <= TOL64, f"{name}({kwargs}): {err:.3e}"
 

@@ -73,18 +73,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxupdate._described import declaration
 from jaxupdate.interop import _torch as T
-from jaxupdate.interop.state_dict import (
-    TORCH_OPTIMIZERS,
-    load_torch_state_dict,
-    optimizer_fn_for,
-)
+from jaxupdate.interop.state_dict import load_torch_state_dict, optimizer_fn_for
 from jaxupdate.lr_scheduler import inject_hyperparams, per_epoch
 from jaxupdate.lr_scheduler._base import TORCH_SCHEDULERS, Schedule, as_count, as_float
 from jaxupdate.lr_scheduler.plateau import ReduceLROnPlateau
 from jaxupdate.param_groups import (
     ParamGroupsState,
-    constructor_only,
     leaf_paths,
     param_groups,
 )
@@ -191,10 +187,6 @@ def _entries(optimizer, state_dict: dict) -> list[list[dict]]:
     return out
 
 
-def _spec(fn):
-    return TORCH_OPTIMIZERS[f"{fn.__module__}.{fn.__qualname__}"]
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -256,7 +248,7 @@ def from_torch(
         True
     """
     fn = optimizer_fn_for(type(optimizer))
-    spec = _spec(fn)
+    spec = declaration(fn)
     if steps_per_epoch is not None and (
         not isinstance(steps_per_epoch, int) or steps_per_epoch <= 0
     ):
@@ -279,7 +271,7 @@ def from_torch(
     # the groups' fresh states from its defaults for them
     ctor = {
         k: _value(optimizer.defaults[k])
-        for k in constructor_only(fn)
+        for k in spec.constructor_only
         if k in getattr(optimizer, "defaults", {})
     }
     plateau = T.is_plateau_scheduler(scheduler)

@@ -41,10 +41,10 @@ hyperparameters are checked against the state_dict's ``param_groups`` and writte
 exported one. A plain undescribed transformation can still be loaded into (one group, state
 keys checked, hyperparameters not) but not exported.
 
-:data:`TORCH_OPTIMIZERS` lists the supported optimizers; a new one whose state fields carry
-torch's key names needs one line there. The conversion is a generic walk over the state's
-NamedTuples; a state of another shape (LBFGS, SparseAdam) is converted by functions in its
-optimizer's module, named in its line (:class:`CustomState`).
+:data:`TORCH_OPTIMIZERS` lists the supported optimizers: each optimizer module declares its
+torch class and state keys with ``jaxupdate._described.torch_optimizer``. The conversion is a
+generic walk over the state's NamedTuples; a state of another shape (LBFGS, SparseAdam) is
+converted by functions in its optimizer's module, named there (:class:`CustomState`).
 """
 
 from __future__ import annotations
@@ -57,56 +57,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxupdate._described import Description, description
+from jaxupdate._described import (
+    TORCH_OPTIMIZERS,
+    CustomState,
+    Description,
+    TorchOptimizer,
+    declaration,
+    declarations,
+    description,
+    fn_qualname,
+)
 from jaxupdate._hparams import is_number, is_schedule, resolve
 from jaxupdate.interop import _torch as T
 from jaxupdate.interop.weights import NnxLink
 from jaxupdate.lr_scheduler.inject import plain_view
-from jaxupdate.optim.lbfgs import LBFGSState, lbfgs_state_from_torch, lbfgs_state_to_torch
-from jaxupdate.optim.sparse_adam import (
-    SparseAdamState,
-    sparse_adam_state_from_torch,
-    sparse_adam_state_to_torch,
-)
 from jaxupdate.param_groups import GroupsDescription, assign, leaf_paths
-
-
-class TorchOptimizer(NamedTuple):
-    """How one jaxupdate optimizer function corresponds to a ``torch.optim`` class.
-
-    ``state_keys``: torch's per-parameter state keys in torch's order; each one except
-    ``step`` is the name of a field of a jaxupdate state NamedTuple. ``scalar_keys``: those
-    that torch keeps as a 0-d tensor of its scalar dtype per parameter and jaxupdate once per
-    group. ``eager``: torch creates the state at construction (Adagrad), so it is exported
-    even before the first step. ``dummy_shape``: a parameter shape the torch class accepts
-    (used to let torch build and validate a param group).
-    """
-
-    torch_class: str
-    state_keys: tuple
-    scalar_keys: tuple = ()
-    eager: bool = False
-    dummy_shape: tuple = (2, 2)
-    custom: Optional["CustomState"] = None
-
-    @property
-    def has_step(self) -> bool:
-        return "step" in self.state_keys
-
-
-class CustomState(NamedTuple):
-    """Conversion of a state that is not a set of per-parameter buffers (LBFGS, SparseAdam).
-
-    ``state_type``: the NamedTuple class of the optimizer's state, found in a group's state
-    by ``isinstance`` and given to ``export(state, leaves, count) -> {container position:
-    torch entry}`` and ``load(state, entries, leaves, step) -> state`` (one group,
-    ``entries`` being torch's per-parameter dicts in the group's order). The converters live
-    with their optimizers (``jaxupdate.optim.lbfgs``, ``jaxupdate.optim.sparse_adam``).
-    """
-
-    export: Callable
-    load: Callable
-    state_type: type
 
 
 def _find(node, pred):
@@ -145,67 +110,14 @@ def _replace_found(node, pred, new):
     return node
 
 
-_ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+def _all_keys() -> tuple:
+    """``(state keys, scalar keys)`` any declared optimizer keeps, for transformations that do
+    not describe themselves."""
+    decls = declarations()
+    keys = dict.fromkeys(k for d in decls if d.custom is None for k in d.state_keys)
+    return tuple(keys), tuple(dict.fromkeys(k for d in decls for k in d.scalar_keys))
 
-# Keyed by the optimizer function's "module.qualname". Optimizers whose state is not a set of
-# per-parameter buffers (LBFGS: flat history lists on the first parameter; SparseAdam: its own
-# per-parameter step) name their converters, which live in their optimizer modules.
-TORCH_OPTIMIZERS: dict[str, TorchOptimizer] = {
-    "jaxupdate.optim.sgd.sgd": TorchOptimizer("SGD", ("momentum_buffer",)),
-    "jaxupdate.optim.adam.adam": TorchOptimizer("Adam", _ADAM_KEYS),
-    "jaxupdate.optim.adam.adamw": TorchOptimizer("AdamW", _ADAM_KEYS),
-    "jaxupdate.optim.rmsprop.rmsprop": TorchOptimizer(
-        "RMSprop", ("step", "square_avg", "momentum_buffer", "grad_avg")
-    ),
-    "jaxupdate.optim.adagrad.adagrad": TorchOptimizer("Adagrad", ("step", "sum"), eager=True),
-    "jaxupdate.optim.adadelta.adadelta": TorchOptimizer(
-        "Adadelta", ("step", "square_avg", "acc_delta")
-    ),
-    "jaxupdate.optim.adamax.adamax": TorchOptimizer("Adamax", ("step", "exp_avg", "exp_inf")),
-    "jaxupdate.optim.nadam.nadam": TorchOptimizer(
-        "NAdam", ("step", "mu_product", "exp_avg", "exp_avg_sq"), scalar_keys=("mu_product",)
-    ),
-    "jaxupdate.optim.radam.radam": TorchOptimizer("RAdam", ("step", "exp_avg", "exp_avg_sq")),
-    "jaxupdate.optim.asgd.asgd": TorchOptimizer(
-        "ASGD", ("step", "eta", "mu", "ax"), scalar_keys=("eta", "mu")
-    ),
-    "jaxupdate.optim.rprop.rprop": TorchOptimizer("Rprop", ("step", "prev", "step_size")),
-    "jaxupdate.optim.adafactor.adafactor": TorchOptimizer(
-        "Adafactor", ("step", "row_var", "col_var", "variance")
-    ),
-    "jaxupdate.optim.muon.muon": TorchOptimizer("Muon", ("momentum_buffer",)),
-    "jaxupdate.optim.sparse_adam.sparse_adam": TorchOptimizer(
-        "SparseAdam",
-        ("step", "exp_avg", "exp_avg_sq"),
-        custom=CustomState(
-            sparse_adam_state_to_torch, sparse_adam_state_from_torch, SparseAdamState
-        ),
-    ),
-    "jaxupdate.optim.lbfgs.lbfgs": TorchOptimizer(
-        "LBFGS",
-        (
-            "func_evals",
-            "n_iter",
-            "al",
-            "d",
-            "t",
-            "old_dirs",
-            "old_stps",
-            "ro",
-            "H_diag",
-            "prev_flat_grad",
-            "prev_loss",
-        ),
-        custom=CustomState(lbfgs_state_to_torch, lbfgs_state_from_torch, LBFGSState),
-    ),
-}
 
-# Every state key any listed optimizer keeps, for transformations that do not describe
-# themselves.
-_ALL_KEYS = tuple(
-    dict.fromkeys(k for s in TORCH_OPTIMIZERS.values() if s.custom is None for k in s.state_keys)
-)
-_ALL_SCALAR_KEYS = tuple(dict.fromkeys(k for s in TORCH_OPTIMIZERS.values() for k in s.scalar_keys))
 # param-group keys that choose torch kernels or belong to schedulers / named parameters
 _TORCH_ONLY_KEYS = ("foreach", "fused", "capturable", "differentiable")
 # Keys torch's schedulers add to a param group (LRScheduler: initial_lr; CyclicLR / OneCycleLR:
@@ -257,26 +169,21 @@ def optimizer_fn_for(torch_class) -> Callable:
         >>> optimizer_fn_for("AdamW").__name__
         'adamw'
     """
-    import importlib
-
     name = torch_class if isinstance(torch_class, str) else torch_class.__name__
-    for qualname, spec in TORCH_OPTIMIZERS.items():
-        if spec.torch_class == name:
-            module, _, fn = qualname.rpartition(".")
-            try:
-                return getattr(importlib.import_module(module), fn)
-            except ImportError:
-                break
-    raise NotImplementedError(f"no jaxupdate optimizer for torch.optim.{name}")
+    declarations()  # every optimizer module imported, so declared
+    decl = declaration(name)
+    if decl is None:
+        raise NotImplementedError(f"no jaxupdate optimizer for torch.optim.{name}")
+    return decl.fn
 
 
-def _spec_for(qualname: str, name: str) -> TorchOptimizer:
-    spec = TORCH_OPTIMIZERS.get(qualname)
+def _spec_for(fn: Callable) -> TorchOptimizer:
+    spec = declaration(fn)
     if spec is None:
         raise NotImplementedError(
-            f"no torch state_dict mapping for {name} ({qualname}); the supported optimizers "
-            f"are {sorted(TORCH_OPTIMIZERS)} (extend jaxupdate.interop.state_dict."
-            "TORCH_OPTIMIZERS)"
+            f"no torch state_dict mapping for {fn.__name__} ({fn_qualname(fn)}); the supported "
+            f"optimizers are {sorted(TORCH_OPTIMIZERS)} (declare it with "
+            "jaxupdate._described.torch_optimizer in its module; see TORCH_OPTIMIZERS)"
         )
     return spec
 
@@ -299,12 +206,12 @@ def state_layout(tx, params, *, need_description: bool) -> StateLayout:
     if isinstance(desc, GroupsDescription):
         paths, leaves, _, members = assign(desc, params)
         groups = [_group(g.kwargs, m) for g, m in zip(desc.groups, members)]
-        spec = _spec_for(desc.qualname, desc.name)
+        spec = _spec_for(desc.fn)
         return StateLayout(spec, desc.name, True, desc.whole, groups, paths, leaves)
     paths, leaves, _ = leaf_paths(params)
     everything = list(range(len(leaves)))
     if isinstance(desc, Description):
-        spec = _spec_for(desc.qualname, desc.name)
+        spec = _spec_for(desc.fn)
         groups = [_group(desc.kwargs, everything)]
         return StateLayout(spec, desc.name, False, False, groups, paths, leaves)
     if need_description:
@@ -498,7 +405,7 @@ def _walk(node, on_field: Callable, where: str = "state"):
 
 def _keys(spec: Optional[TorchOptimizer]):
     if spec is None:
-        return _ALL_KEYS, _ALL_SCALAR_KEYS
+        return _all_keys()
     return spec.state_keys, spec.scalar_keys
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
-from jaxupdate._described import described
+from jaxupdate._described import torch_optimizer
 from jaxupdate._hparams import is_static_zero, normalize
 from jaxupdate.optim._base import assemble, check, check_lr, check_nonneg
 from jaxupdate.transforms.adaptive import scale_by_torch_adadelta
 
 
-@described
+@torch_optimizer(
+    "Adadelta", ("step", "square_avg", "acc_delta"), state=T.TorchAdadeltaState
+)
 def adadelta(
     lr=1.0,
     rho=0.9,

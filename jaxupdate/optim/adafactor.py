@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import optax
 
-from jaxupdate._described import described
+from jaxupdate._described import Parity, torch_optimizer
 from jaxupdate._hparams import normalize
 from jaxupdate.optim._base import check
+from jaxupdate.transforms import TorchAdafactorState
 from jaxupdate.transforms.adafactor import (
     scale_by_torch_adafactor_step,
     scale_by_torch_factored_rms,
@@ -22,7 +23,12 @@ def _check_float(value, name: str, ok, message: str):
     return v
 
 
-@described
+@torch_optimizer(
+    "Adafactor",
+    ("step", "row_var", "col_var", "variance"),
+    state=TorchAdafactorState,
+    parity=Parity(jit=True),  # its per-leaf factored loops run faster compiled
+)
 def adafactor(
     lr=1e-2,
     beta2_decay=-0.8,

@@ -5,14 +5,23 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
-from jaxupdate._described import described
+from jaxupdate._described import torch_optimizer
 from jaxupdate._hparams import is_static_zero
 from jaxupdate.fused._specs import adagrad_spec, with_fused
 from jaxupdate.optim._base import assemble, check_lr, check_nonneg
 from jaxupdate.transforms.adaptive import torch_adagrad
 
 
-@described
+@torch_optimizer(
+    "Adagrad",
+    ("step", "sum"),
+    state=T.TorchAdagradState,
+    # torch fills state["sum"] in its constructor, so a fresh Adagrad already has state
+    eager=True,
+    # ... from the constructor's initial_accumulator_value: a param group's own value is kept
+    # in the group but never used (param_groups builds every group's state from the defaults')
+    constructor_only=("initial_accumulator_value",),
+)
 def adagrad(
     lr=1e-2,
     lr_decay=0,
@@ -81,9 +90,3 @@ def adagrad(
         torch_adagrad(lr, lr_decay, eps, initial_accumulator_value),
     )
     return with_fused(fused, adagrad_spec(lr, lr_decay, weight_decay, eps, maximize), tx)
-
-
-# torch's Adagrad fills ``state["sum"]`` in its constructor, from the constructor's
-# ``initial_accumulator_value``: a param group's own value is kept in the group but never used.
-# param_groups reads this to build every group's state from the defaults' value, as torch does.
-adagrad.constructor_only = ("initial_accumulator_value",)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
-from jaxupdate._described import described
+from jaxupdate._described import torch_optimizer
 from jaxupdate._hparams import is_static_zero
 from jaxupdate.fused._specs import adam_spec, with_fused
 from jaxupdate.optim._base import assemble, check_adam_hparams
+
+# torch's Adam and AdamW keep the same per-parameter state
+_ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
 
 def _adam_chain(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weight_decay, fused):
@@ -24,7 +27,7 @@ def _adam_chain(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weigh
     ))
 
 
-@described
+@torch_optimizer("Adam", _ADAM_KEYS, state=T.TorchAdamState)
 def adam(
     lr=1e-3,
     betas=(0.9, 0.999),
@@ -81,7 +84,7 @@ def adam(
     )
 
 
-@described
+@torch_optimizer("AdamW", _ADAM_KEYS, state=T.TorchAdamState)
 def adamw(
     lr=1e-3,
     betas=(0.9, 0.999),

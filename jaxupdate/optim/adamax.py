@@ -5,13 +5,13 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
-from jaxupdate._described import described
+from jaxupdate._described import torch_optimizer
 from jaxupdate._hparams import is_static_zero
 from jaxupdate.optim._base import assemble, check_betas, check_lr, check_nonneg
 from jaxupdate.transforms.adaptive import torch_adamax
 
 
-@described
+@torch_optimizer("Adamax", ("step", "exp_avg", "exp_inf"), state=T.TorchAdamaxState)
 def adamax(
     lr=2e-3,
     betas=(0.9, 0.999),

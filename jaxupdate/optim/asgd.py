@@ -6,14 +6,16 @@ import jax
 import optax
 
 from jaxupdate import transforms as T
-from jaxupdate._described import described
+from jaxupdate._described import torch_optimizer
 from jaxupdate._hparams import is_static_zero, normalize
 from jaxupdate.optim._base import assemble, check_lr, check_nonneg
 from jaxupdate.transforms.asgd import TorchASGDState, torch_asgd
 from jaxupdate.transforms.validate import validate_inputs
 
 
-@described
+@torch_optimizer(
+    "ASGD", ("step", "eta", "mu", "ax"), state=TorchASGDState, scalar_keys=("eta", "mu")
+)
 def asgd(
     lr=1e-2,
     lambd=1e-4,

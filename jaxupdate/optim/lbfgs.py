@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxupdate._described import described
+from jaxupdate._described import Parity, state_converters, torch_optimizer
 from jaxupdate._hparams import normalize, resolve, scalar_dtype
 from jaxupdate.numerics import add_scaled, cast
 from jaxupdate.optim._base import check_lr
@@ -350,7 +350,25 @@ class _Loop(NamedTuple):
     stop: jax.Array
 
 
-@described
+@torch_optimizer(
+    "LBFGS",
+    (
+        "func_evals",
+        "n_iter",
+        "al",
+        "d",
+        "t",
+        "old_dirs",
+        "old_stps",
+        "ro",
+        "H_diag",
+        "prev_flat_grad",
+        "prev_loss",
+    ),
+    state=LBFGSState,
+    # the line search's loops run faster compiled; it evaluates the loss itself
+    parity=Parity(jit=True, closure=True),
+)
 def lbfgs(
     lr=1,
     max_iter: int = 20,
@@ -727,3 +745,7 @@ def lbfgs_state_from_torch(state: LBFGSState, entries, leaves, step) -> LBFGSSta
             like = getattr(st, key)
             new = new._replace(**{key: conv(entry[key], like)})
     return new
+
+
+# the state is not per-parameter buffers: torch_state_dict / load_torch_state_dict call these
+state_converters(lbfgs, export=lbfgs_state_to_torch, load=lbfgs_state_from_torch)

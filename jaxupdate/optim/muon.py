@@ -6,9 +6,10 @@ from typing import Optional
 
 import optax
 
-from jaxupdate._described import described
+from jaxupdate._described import Parity, torch_optimizer
 from jaxupdate._hparams import normalize
 from jaxupdate.optim._base import check
+from jaxupdate.transforms import TorchMuonState
 from jaxupdate.transforms.checks import reject_complex, require_matrices
 from jaxupdate.transforms.muon import (
     DEFAULT_A,
@@ -22,7 +23,13 @@ from jaxupdate.transforms.muon import (
 from jaxupdate.transforms.validate import validate_inputs
 
 
-@described
+@torch_optimizer(
+    "Muon",
+    ("momentum_buffer",),
+    state=TorchMuonState,
+    # Newton-Schulz runs faster compiled; torch's Muon takes matrices only
+    parity=Parity(jit=True, shapes=((3, 4), (5, 3), (4, 4))),
+)
 def muon(
     lr=1e-3,
     weight_decay=0.1,

@@ -5,13 +5,18 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
-from jaxupdate._described import described
+from jaxupdate._described import torch_optimizer
 from jaxupdate._hparams import is_static_zero
 from jaxupdate.optim._base import assemble, check_adam_hparams, check_nonneg
 from jaxupdate.transforms.nadam_radam import scale_by_torch_nadam
 
 
-@described
+@torch_optimizer(
+    "NAdam",
+    ("step", "mu_product", "exp_avg", "exp_avg_sq"),
+    state=T.TorchNAdamState,
+    scalar_keys=("mu_product",),
+)
 def nadam(
     lr=2e-3,
     betas=(0.9, 0.999),

@@ -5,13 +5,13 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
-from jaxupdate._described import described
+from jaxupdate._described import torch_optimizer
 from jaxupdate._hparams import is_static_zero
 from jaxupdate.optim._base import assemble, check_adam_hparams
 from jaxupdate.transforms.nadam_radam import scale_by_torch_radam
 
 
-@described
+@torch_optimizer("RAdam", ("step", "exp_avg", "exp_avg_sq"), state=T.TorchRAdamState)
 def radam(
     lr=1e-3,
     betas=(0.9, 0.999),

@@ -5,13 +5,15 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
-from jaxupdate._described import described
+from jaxupdate._described import torch_optimizer
 from jaxupdate._hparams import is_static_zero
 from jaxupdate.fused._specs import rmsprop_spec, with_fused
 from jaxupdate.optim._base import assemble, check_lr, check_nonneg
 
 
-@described
+@torch_optimizer(
+    "RMSprop", ("step", "square_avg", "momentum_buffer", "grad_avg"), state=T.TorchRMSState
+)
 def rmsprop(
     lr=1e-2,
     alpha=0.99,

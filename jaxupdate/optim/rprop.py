@@ -5,13 +5,13 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
-from jaxupdate._described import described
+from jaxupdate._described import torch_optimizer
 from jaxupdate._hparams import concrete, normalize
 from jaxupdate.optim._base import assemble, check_lr
 from jaxupdate.transforms.adaptive import torch_rprop
 
 
-@described
+@torch_optimizer("Rprop", ("step", "prev", "step_size"), state=T.TorchRpropState)
 def rprop(
     lr=1e-2,
     etas=(0.5, 1.2),

@@ -5,13 +5,19 @@ from __future__ import annotations
 import optax
 
 from jaxupdate import transforms as T
-from jaxupdate._described import described
+from jaxupdate._described import torch_optimizer
 from jaxupdate._hparams import concrete, is_static_zero, normalize
 from jaxupdate.fused._specs import sgd_spec, with_fused
 from jaxupdate.optim._base import assemble, check_lr, check_nonneg
 
 
-@described
+@torch_optimizer(
+    "SGD",
+    ("momentum_buffer",),
+    state=T.TorchMomentumState,
+    # SGD keeps a state block only with momentum
+    state_name="SGD with momentum",
+)
 def sgd(
     lr=1e-3,
     momentum=0,

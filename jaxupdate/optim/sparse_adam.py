@@ -11,7 +11,7 @@ import numpy as np
 import optax
 from jax.experimental import sparse
 
-from jaxupdate._described import described
+from jaxupdate._described import Parity, state_converters, torch_optimizer
 from jaxupdate._hparams import is_number, is_schedule, normalize, resolve, scalar_dtype
 from jaxupdate.numerics import bias_correction, cast
 from jaxupdate.optim._base import check, check_betas
@@ -83,7 +83,13 @@ def _coalesce(g: sparse.BCOO, dtype, maximize: bool):
     return rows, values
 
 
-@described
+@torch_optimizer(
+    "SparseAdam",
+    ("step", "exp_avg", "exp_avg_sq"),
+    state=SparseAdamState,
+    # torch's to_sparse needs ndim >= 1: no 0-d parameter in the parity problem
+    parity=Parity(shapes=((3, 4), (5,), (2, 3, 2)), sparse_grads=True),
+)
 def sparse_adam(
     lr=1e-3,
     betas=(0.9, 0.999),
@@ -292,3 +298,7 @@ def sparse_adam_state_from_torch(state: SparseAdamState, entries, leaves, step) 
         exp_avg=jax.tree.unflatten(treedef, m),
         exp_avg_sq=jax.tree.unflatten(treedef, v),
     )
+
+
+# the state is not per-parameter buffers: torch_state_dict / load_torch_state_dict call these
+state_converters(sparse_adam, export=sparse_adam_state_to_torch, load=sparse_adam_state_from_torch)

@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxupdate._described import description
+from jaxupdate._described import description, state_names
 
 __all__ = ["OptimizerInputError", "check_params", "check_same_layout", "validate_inputs"]
 
@@ -168,29 +168,14 @@ def _block_names(state) -> list[str]:
 
 _GENERIC_BLOCKS = {"CountState", "EmptyState", "MaskedNode", "NoneType", "tuple"}
 
-# The optimizer a state block identifies (the first block that identifies one names it).
-_KNOWN_BLOCKS = {
-    "TorchAdamState": "Adam/AdamW",
-    "TorchRMSState": "RMSprop",
-    "TorchMomentumState": "SGD with momentum",
-    "TorchAdagradState": "Adagrad",
-    "TorchAdadeltaState": "Adadelta",
-    "TorchAdamaxState": "Adamax",
-    "TorchRpropState": "Rprop",
-    "TorchNAdamState": "NAdam",
-    "TorchRAdamState": "RAdam",
-    "TorchASGDState": "ASGD",
-    "TorchAdafactorState": "Adafactor",
-    "TorchMuonState": "Muon",
-    "LBFGSState": "LBFGS",
-}
-
-
 def _looks_like(names: list[str]) -> Optional[str]:
     """A human name for the optimizer behind a state: ``TorchAdamState`` -> ``Adam/AdamW``."""
+    # the optimizer a state block identifies, from the optimizers' declarations (the first
+    # block that identifies one names it)
+    known = state_names()
     for n in names:
-        if n in _KNOWN_BLOCKS:
-            return _KNOWN_BLOCKS[n]
+        if n in known:
+            return known[n]
         if n not in _GENERIC_BLOCKS:
             n = n[len("Torch"):] if n.startswith("Torch") else n
             return n[: -len("State")] if n.endswith("State") and n != "State" else n
