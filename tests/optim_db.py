@@ -43,6 +43,18 @@ class OptimInfo:
     schedule: tuple | None = None
     # kwargs whose float hyperparameters are all also passed as 1-element arrays and schedules
     hparams: dict | None = None
+    # kwargs of a trajectory run inside one jitted lax.scan (a switch kept in Python-side flags
+    # instead of the state fails it)
+    scan: dict | None = None
+    # (kwargs, {hyperparameter: schedule, or a tuple with schedules}): torch with those group
+    # values set before each step
+    group_schedules: tuple | None = None
+    # kwargs run with update(grads, state), no params (torch's step up to one add less)
+    without_params: dict | None = None
+    # kwargs run in float32 with JAX's default x64 off (float32 scalar math)
+    float32_without_x64: dict | None = None
+    # kwargs whose update(grads, state), without params, must raise (weight decay reads them)
+    needs_params: dict | None = None
     id_skip: tuple = ()  # options left out of the grid's test ids
 
 
@@ -89,6 +101,7 @@ OPTIMS = [
              "Nesterov momentum requires a momentum and zero dampening"),
         ],
         schedule=(dict(momentum=0.9, weight_decay=0.1), lambda c: 0.1 * 0.9**c),
+        needs_params=dict(lr=0.1, weight_decay=0.1),
     ),
     OptimInfo(
         "adam", torch.optim.Adam, ju.adam, co.optim_inputs_func_adam,
@@ -245,6 +258,16 @@ OPTIMS = [
         ),
         wording=_ADAM_FAMILY_WORDING
         + [(dict(momentum_decay=-1e-3), "Invalid momentum_decay value: -0.001")],
+        hparams=dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, momentum_decay=0.01),
+        scan=dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
+        group_schedules=(dict(weight_decay=0.1), dict(
+            lr=lambda c: 0.02 * 0.9**c,
+            momentum_decay=lambda c: 4e-3 + 1e-3 * c,
+            betas=(lambda c: 0.9 - 0.01 * c, 0.999),
+        )),
+        without_params=dict(lr=0.01, maximize=True),
+        float32_without_x64=dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+        needs_params=dict(weight_decay=0.1, decoupled_weight_decay=True),
         id_skip=("lr",),
     ),
     OptimInfo(
@@ -259,6 +282,18 @@ OPTIMS = [
             maximize=[False, True],
         ),
         wording=_ADAM_FAMILY_WORDING,
+        hparams=dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1),
+        # the rectification switch (rho_t > 5) must live in the state
+        scan=dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True),
+        group_schedules=(dict(weight_decay=0.1), dict(
+            lr=lambda c: 0.02 * 0.9**c,
+            betas=(lambda c: 0.9 - 0.01 * c, lambda c: 0.99 - 0.001 * c),
+        )),
+        without_params=dict(lr=0.01, maximize=True),
+        float32_without_x64=dict(
+            lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, betas=(0.9, 0.99)
+        ),
+        needs_params=dict(weight_decay=0.1, decoupled_weight_decay=True),
         id_skip=("lr",),
     ),
     OptimInfo(
@@ -278,6 +313,8 @@ OPTIMS = [
             (dict(weight_decay=-0.1), "Invalid weight_decay value: -0.1"),
             (dict(lr=-1.0, weight_decay=-0.1), "Invalid learning rate: -1.0"),
         ],
+        float32_without_x64=dict(lr=0.05, lambd=0.01, t0=5.0, weight_decay=0.1),
+        needs_params={},  # the averaged parameters ax follow params
     ),
 ]
 

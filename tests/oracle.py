@@ -1,14 +1,10 @@
-"""Test helpers beside tests/parity.py: torch's and jaxupdate's optimizer state after every step
-(for tests that compare state buffers and scalars along the whole trajectory)."""
+"""Test helper beside tests/parity.py: torch's optimizer state after every step (for tests that
+compare state buffers and scalars along the whole trajectory; jaxupdate's side is
+``tests.parity.run_jax(..., states=True)``)."""
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import torch
-
-from tests.parity import JAX_DTYPE
 
 
 def run_torch_states(torch_cls, kwargs, params, grads, dtype, hparams_at=None):
@@ -35,20 +31,25 @@ def run_torch_states(torch_cls, kwargs, params, grads, dtype, hparams_at=None):
     return traj, states
 
 
-def run_jax_states(tx, params, grads, dtype):
-    """jaxupdate trajectory (jitted step) with the whole optimizer state after every step."""
-    jdt = JAX_DTYPE[dtype]
-    jp = [jnp.asarray(p, jdt) for p in params]
-    state = tx.init(jp)
+def states_every_step(torch_cls, ju_fn, kwargs, state_cls, keys, dtype, steps):
+    """Runs both for ``steps`` steps and compares, after every step and for every leaf, the
+    count with torch's ``step`` and the buffers ``keys`` (complex ones in torch's real view).
 
-    @jax.jit
-    def step(g, state, p):
-        updates, state = tx.update(g, state, p)
-        return jax.tree.map(jnp.add, p, updates), state
+    Returns ``[(jaxupdate's state_cls block, torch's per-leaf state dicts)]``, one per step,
+    for the optimizer's own further checks.
+    """
+    from tests import parity as P
 
-    traj, states = [], []
-    for g in grads:
-        jp, state = step([jnp.asarray(x, jdt) for x in g], state, jp)
-        traj.append([np.asarray(x) for x in jp])
-        states.append(state)
-    return traj, states
+    params, grads = P.problem(dtype, steps)
+    _, t_states = run_torch_states(torch_cls, kwargs, params, grads, dtype)
+    _, j_states = P.run_jax(ju_fn(**kwargs), params, grads, dtype, states=True)
+    out = []
+    for ts, js in zip(t_states, j_states, strict=True):
+        s = P.find_state(js, state_cls)
+        for leaf, t in enumerate(ts):
+            assert int(s.count) == float(t["step"])
+            for key in keys:
+                err = P.max_rel(getattr(s, key)[leaf], P.as_real(t[key]))
+                assert err <= P.TOL[torch.float64], (key, err)
+        out.append((s, ts))
+    return out

@@ -18,6 +18,7 @@ import torch
 from torch.testing._internal import common_optimizers as co
 
 import jaxupdate as ju
+from jaxupdate.interop import parity as H
 
 # Agreement demanded, as max |jax - torch| / max |torch| over the whole trajectory.
 # float64: rounding only. float32: under jit XLA contracts multiply-adds into FMAs (torch's CPU
@@ -38,69 +39,48 @@ JAX_DTYPE = {
     torch.bfloat16: jnp.bfloat16,
 }
 
-# Parameter shapes of the default problem: a matrix, a vector, a 0-d scalar and a 3-d tensor.
-SHAPES = ((3, 4), (5,), (), (2, 3, 2))
-
-# Arguments of torch's constructors that choose a torch kernel, not the mathematics.
-TORCH_ONLY_KWARGS = ("foreach", "fused", "capturable", "differentiable")
-
-
-def problem(dtype=torch.float64, steps=30, shapes=SHAPES, seed=0, grad_scale=1.0):
-    """Initial parameters and a gradient sequence, as float64/complex128 numpy arrays."""
-    rng = np.random.default_rng(seed)
-    cplx = dtype.is_complex
-
-    def draw(shape):
-        x = rng.standard_normal(shape)
-        if cplx:
-            x = x + 1j * rng.standard_normal(shape)
-        return x
-
-    params = [draw(s) for s in shapes]
-    grads = [[grad_scale * draw(s) for s in shapes] for _ in range(steps)]
-    return params, grads
+# Shared with ``python -m jaxupdate parity`` (jaxupdate.interop.parity): the default problem's
+# shapes (a matrix, a vector, a 0-d scalar and a 3-d tensor), kernel-choice kwargs, problem
+# generation, torch stepping and the error measure.
+SHAPES = H.SHAPES
+TORCH_ONLY_KWARGS = H.TORCH_ONLY_KWARGS
+problem = H.problem
+to_jax_kwargs = H.to_jax_kwargs
+run_torch = H.torch_trajectory
+max_rel = H.max_rel
+rel_err = H.rel_err
 
 
-def to_jax_kwargs(kwargs):
-    """torch constructor kwargs -> jaxupdate kwargs (tensors become numpy arrays)."""
-    out = {}
-    for k, v in kwargs.items():
-        if k in TORCH_ONLY_KWARGS:
-            continue
-        if isinstance(v, torch.Tensor):
-            v = v.detach().cpu().numpy()
-        elif isinstance(v, tuple):
-            v = tuple(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x for x in v)
-        out[k] = v
-    return out
+def torch_after(torch_cls, kwargs, params, grads, dtype=torch.float64):
+    """``(optimizer, parameters)`` of torch after stepping through ``grads`` (its state to
+    compare)."""
+    run = H.TorchRun(torch_cls, kwargs, params, dtype)
+    for g in grads:
+        run.step(g)
+    return run.opt, run.tp
 
 
-def _numpy(t):
-    t = t.detach().clone()
-    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()  # numpy has no bfloat16
+def counted_step(tx):
+    """``(step, traces)``: a jitted ``step(grads, state, params) -> (params, state)`` and the
+    list each of its traces appends to (``len(traces) == 1``: it never retraced)."""
+    traces = []
+
+    @jax.jit
+    def step(g, s, p):
+        traces.append(None)
+        u, s = tx.update(g, s, p)
+        return ju.apply_updates(p, u), s
+
+    return step, traces
 
 
-def run_torch(torch_cls, kwargs, params, grads, dtype, lr_at=None):
-    """torch trajectory: list (per step) of lists of numpy parameters.
+def run_jax(tx, params, grads, dtype, jit=True, container=list, states=False):
+    """jaxupdate trajectory on the same data; the update (and apply) is jitted by default.
 
-    ``lr_at(count)`` optionally sets the group's lr before each step (a schedule's value).
+    ``dtype``: a torch or JAX dtype. ``states=True``: ``(trajectory, the optimizer state after
+    every step)``.
     """
-    tp = [torch.tensor(p).to(dtype).requires_grad_() for p in params]
-    opt = torch_cls(tp, **kwargs)
-    traj = []
-    for count, g in enumerate(grads):
-        if lr_at is not None:
-            opt.param_groups[0]["lr"] = float(lr_at(count))
-        for t, gg in zip(tp, g):
-            t.grad = torch.tensor(gg).to(dtype)
-        opt.step()
-        traj.append([_numpy(t) for t in tp])
-    return traj
-
-
-def run_jax(tx, params, grads, dtype, jit=True, container=list):
-    """jaxupdate trajectory on the same data; the update (and apply) is jitted by default."""
-    jdt = JAX_DTYPE[dtype]
+    jdt = JAX_DTYPE.get(dtype, dtype)
     jp = container(jnp.asarray(p, jdt) for p in params)
     state = tx.init(jp)
 
@@ -110,21 +90,12 @@ def run_jax(tx, params, grads, dtype, jit=True, container=list):
 
     if jit:
         step = jax.jit(step)
-    traj = []
+    traj, after = [], []
     for g in grads:
         jp, state = step(container(jnp.asarray(x, jdt) for x in g), state, jp)
         traj.append([np.asarray(x) for x in jax.tree.leaves(jp)])
-    return traj
-
-
-def max_rel(a, b):
-    """max |a - b| / max |b| (b the reference), 0 for empty arrays."""
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    if not b.size:
-        return 0.0
-    scale = max(float(np.max(np.abs(b))), 1e-30)
-    return float(np.max(np.abs(a.astype(b.dtype) - b))) / scale
+        after.append(state)
+    return (traj, after) if states else traj
 
 
 def as_real(x):
@@ -133,46 +104,25 @@ def as_real(x):
     return np.stack([x.real, x.imag], axis=-1) if np.iscomplexobj(x) else x
 
 
-def rel_err(jax_traj, torch_traj):
-    """Largest max|a - b| / max|b| over steps and leaves (relative to the leaf's scale)."""
-    worst = 0.0
-    for js, ts in zip(jax_traj, torch_traj, strict=True):
-        for a, b in zip(js, ts, strict=True):
-            worst = max(worst, max_rel(a, b))
-    return worst
-
-
-WIDE = {torch.float32: torch.float64, torch.complex64: torch.complex128}
-
-
 def assert_parity(torch_cls, ju_fn, kwargs, dtype=torch.float64, steps=30, jit=True, **prob):
     """Runs both optimizers side by side and asserts agreement at every step.
 
     float64: TOL (rounding only). float32: TOL, or, where the configuration itself amplifies
     rounding chaotically (RMSprop's centered variance ``sqrt(v - m*m)`` near zero with
     alpha=0.5, momentum feeding it back), ten times torch's own float32 error against its
-    float64 run. Why ten: under jit XLA contracts ``v - m*m`` and similar into fused
-    multiply-adds where torch's kernels round twice (measured: 5.6% of elements of ``s - m*m``
-    differ by an ulp), and such configurations turn one-ulp differences into 1e-5 within 40
-    steps for torch itself. Also: torch's vectorized CPU ``sqrt`` is not correctly rounded
-    (measured on AVX512: one ulp off for 17% of float32 elements), which Adagrad's
-    accumulator amplifies when a parameter passes near zero. The criterion still fails any
-    real error in the update rule.
+    float64 run (``jaxupdate.interop.parity.tolerance`` says why ten; measured: under jit 5.6%
+    of elements of ``s - m*m`` differ by an ulp from torch's twice-rounded kernels).
     """
     params, grads = problem(dtype, steps, **prob)
     t_traj = run_torch(torch_cls, kwargs, params, grads, dtype)
     j_traj = run_jax(ju_fn(**to_jax_kwargs(kwargs)), params, grads, dtype, jit=jit)
     err = rel_err(j_traj, t_traj)
-    tol = TOL[dtype]
-    if dtype in WIDE and err > tol:
-        t_wide = run_torch(torch_cls, kwargs, params, grads, WIDE[dtype])
-        own = rel_err([[x.astype(WIDE_NP[dtype]) for x in s] for s in t_traj], t_wide)
-        tol = max(tol, 10 * own)
+    tol = H.tolerance(
+        err, TOL[dtype], dtype, t_traj,
+        lambda: run_torch(torch_cls, kwargs, params, grads, H.wider(dtype)),
+    )
     assert err <= tol, f"{ju_fn.__name__}({kwargs}) {dtype}: rel err {err:.3e} > {tol:.1e}"
     return err
-
-
-WIDE_NP = {torch.float32: np.float64, torch.complex64: np.complex128}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,12 +294,7 @@ def assert_state_matches(torch_cls, ju_fn, kwargs, state_cls, keys, dtype, steps
     jaxupdate keeps them in; ``count`` is compared with torch's ``step``.
     """
     params, grads = problem(dtype, steps)
-    tp = [torch.tensor(p).to(dtype).requires_grad_() for p in params]
-    opt = torch_cls(tp, **kwargs)
-    for g in grads:
-        for t, gg in zip(tp, g, strict=True):
-            t.grad = torch.tensor(gg).to(dtype)
-        opt.step()
+    opt, tp = torch_after(torch_cls, kwargs, params, grads, dtype)
 
     tx = ju_fn(**to_jax_kwargs(kwargs))
     jdt = JAX_DTYPE[dtype]

@@ -12,30 +12,16 @@ from torch.testing._internal import common_optimizers as co
 import jaxupdate as ju
 from jaxupdate.optim.adafactor import adafactor
 from jaxupdate.transforms.adafactor import TorchAdafactorState
-from tests.parity import (
-    TOL,
-    TORCH_ONLY_KWARGS,
-    assert_parity,
-    assert_signature_matches,
-    check_same_error,
-    error_cases,
-    jax_params,
-    problem,
-    rel_err,
-    run_jax,
-    run_torch,
-    to_jax_kwargs,
-    torch_table,
-)
+from tests import parity as P
 
 # tests.parity.SHAPES: a (3, 4) matrix, a (5,) vector, a 0-d scalar and a (2, 3, 2) tensor, so
 # both the factored (ndim >= 2, incl. a batch axis) and the full-variance (ndim 0, 1) paths run.
 
 
-@pytest.mark.parametrize("kwargs", torch_table(co.optim_inputs_func_adafactor))
+@pytest.mark.parametrize("kwargs", P.torch_table(co.optim_inputs_func_adafactor))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_torch_table(kwargs, dtype):
-    assert_parity(torch.optim.Adafactor, adafactor, kwargs, dtype)
+    P.assert_parity(torch.optim.Adafactor, adafactor, kwargs, dtype)
 
 
 # Each option at a non-default value at least once, in combination. lr=0.3 makes
@@ -59,23 +45,25 @@ GRID = [
 )
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_option_grid(kwargs, grad_scale, dtype):
-    assert_parity(torch.optim.Adafactor, adafactor, kwargs, dtype, steps=30, grad_scale=grad_scale)
+    P.assert_parity(
+        torch.optim.Adafactor, adafactor, kwargs, dtype, steps=30, grad_scale=grad_scale
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_tensor_lr(dtype):
     """An array lr is torch's tensor lr: float32 scalar arithmetic while rho == lr."""
     kwargs = dict(lr=torch.tensor(0.3), weight_decay=0.1)
-    assert_parity(torch.optim.Adafactor, adafactor, kwargs, dtype)
+    P.assert_parity(torch.optim.Adafactor, adafactor, kwargs, dtype)
 
 
 def test_hyperparameters_as_arrays_and_schedules():
     """1-element float64 arrays give the Python-float trajectory; a schedule lr is torch with
     the group's lr set before each step."""
     dtype = torch.float64
-    params, grads = problem(dtype, 25)
+    params, grads = P.problem(dtype, 25)
     kwargs = dict(lr=0.3, beta2_decay=-0.7, eps=(1e-3, 1e-2), d=1.5, weight_decay=0.1)
-    t_traj = run_torch(torch.optim.Adafactor, kwargs, params, grads, dtype)
+    t_traj = P.run_torch(torch.optim.Adafactor, kwargs, params, grads, dtype)
     arrays = dict(
         lr=np.array([0.3]),
         beta2_decay=np.array([-0.7]),
@@ -83,29 +71,24 @@ def test_hyperparameters_as_arrays_and_schedules():
         d=np.array([1.5]),
         weight_decay=np.array([0.1]),
     )
-    j_traj = run_jax(adafactor(**arrays), params, grads, dtype)
-    assert rel_err(j_traj, t_traj) <= TOL[dtype]
+    j_traj = P.run_jax(adafactor(**arrays), params, grads, dtype)
+    assert P.rel_err(j_traj, t_traj) <= P.TOL[dtype]
 
     def sched(count):
         return 0.4 * 0.9 ** count
 
-    t_traj = run_torch(
+    t_traj = P.run_torch(
         torch.optim.Adafactor, dict(lr=0.4, weight_decay=0.1), params, grads, dtype, lr_at=sched
     )
-    j_traj = run_jax(adafactor(lr=sched, weight_decay=0.1), params, grads, dtype)
-    assert rel_err(j_traj, t_traj) <= TOL[dtype]
+    j_traj = P.run_jax(adafactor(lr=sched, weight_decay=0.1), params, grads, dtype)
+    assert P.rel_err(j_traj, t_traj) <= P.TOL[dtype]
 
 
 def test_state_matches_torch():
     """row_var / col_var for ndim >= 2, variance otherwise, with torch's shapes and values."""
     dtype = torch.float64
-    params, grads = problem(dtype, 5)
-    tp = [torch.tensor(p).requires_grad_() for p in params]
-    opt = torch.optim.Adafactor(tp, weight_decay=0.1)
-    for g in grads:
-        for t, gg in zip(tp, g, strict=True):
-            t.grad = torch.tensor(gg)
-        opt.step()
+    params, grads = P.problem(dtype, 5)
+    opt, tp = P.torch_after(torch.optim.Adafactor, dict(weight_decay=0.1), params, grads)
     tx = adafactor(weight_decay=0.1)
     jp = [jnp.asarray(p) for p in params]
     state = tx.init(jp)
@@ -147,8 +130,8 @@ def test_eps1_none_takes_first_parameters_dtype():
         updates, state = tx.update([jnp.asarray(ga, jnp.float32), jnp.asarray(gb)], state, jp)
         jp = ju.apply_updates(jp, updates)
     assert jp[0].dtype == jnp.float32 and jp[1].dtype == jnp.float64
-    assert rel_err([[np.asarray(jp[1])]], [[tb.detach().numpy()]]) <= TOL[torch.float64]
-    assert rel_err([[np.asarray(jp[0])]], [[ta.detach().numpy()]]) <= TOL[torch.float32]
+    assert P.rel_err([[np.asarray(jp[1])]], [[tb.detach().numpy()]]) <= P.TOL[torch.float64]
+    assert P.rel_err([[np.asarray(jp[0])]], [[ta.detach().numpy()]]) <= P.TOL[torch.float32]
     # and the float64 matrix does differ from a run with float64's own eps
     alone = adafactor()
     pb = jnp.asarray(p64)
@@ -156,21 +139,14 @@ def test_eps1_none_takes_first_parameters_dtype():
     for _, gb in grads:
         u, st = alone.update(jnp.asarray(gb), st, pb)
         pb = ju.apply_updates(pb, u)
-    assert rel_err([[np.asarray(pb)]], [[tb.detach().numpy()]]) > 1e-6
+    assert P.rel_err([[np.asarray(pb)]], [[tb.detach().numpy()]]) > 1e-6
 
 
 def test_float32_state_and_jit_without_retrace():
     tx = adafactor(weight_decay=0.1)
     params = {"w": jnp.ones((3, 4), jnp.float32), "b": jnp.ones(4, jnp.float32)}
     state = tx.init(params)
-    traces = []
-
-    @jax.jit
-    def step(g, s, p):
-        traces.append(None)
-        u, s = tx.update(g, s, p)
-        return ju.apply_updates(p, u), s
-
+    step, traces = P.counted_step(tx)
     for _ in range(3):
         params, state = step(jax.tree.map(jnp.ones_like, params), state, params)
     assert len(traces) == 1
@@ -178,10 +154,10 @@ def test_float32_state_and_jit_without_retrace():
 
 
 def test_defaults_match_torch():
-    assert_signature_matches(torch.optim.Adafactor, adafactor)
+    P.assert_signature_matches(torch.optim.Adafactor, adafactor)
 
 
-@pytest.mark.parametrize("err", error_cases(co.optim_error_inputs_func_adafactor))
+@pytest.mark.parametrize("err", P.error_cases(co.optim_error_inputs_func_adafactor))
 def test_torch_error_table(err):
     """torch's optim_error_inputs_func_adafactor: same exception type and message.
 
@@ -189,19 +165,19 @@ def test_torch_error_table(err):
     parameters (complex ones) by ``init``, the first time the parameters are seen.
     """
     oi = err.optimizer_error_input
-    if any(k in oi.kwargs for k in TORCH_ONLY_KWARGS):
+    if any(k in oi.kwargs for k in P.TORCH_ONLY_KWARGS):
         pytest.skip("about torch kernel choices, not the mathematics")
     if oi.params is None:
         assert err.error_on == co.OptimizerErrorEnum.CONSTRUCTION_ERROR
         with pytest.raises(err.error_type, match=err.error_regex):
-            adafactor(**to_jax_kwargs(oi.kwargs))
+            adafactor(**P.to_jax_kwargs(oi.kwargs))
         with pytest.raises(err.error_type, match=err.error_regex):
             torch.optim.Adafactor([torch.zeros(2, requires_grad=True)], **oi.kwargs)
         return
-    jparams = jax_params(oi.params)
+    jparams = P.jax_params(oi.params)
     if jparams is None:
         pytest.skip("about torch's `params` argument (groups, names, duplicates)")
-    tx = adafactor(**to_jax_kwargs(oi.kwargs))
+    tx = adafactor(**P.to_jax_kwargs(oi.kwargs))
     with pytest.raises(err.error_type, match=err.error_regex):
         tx.init(jparams)
     # a state built from real parameters rejects complex gradients too
@@ -227,4 +203,4 @@ def test_torch_error_table(err):
     ],
 )
 def test_errors_match_torch_wording(kwargs, message):
-    check_same_error(torch.optim.Adafactor, adafactor, kwargs, message)
+    P.check_same_error(torch.optim.Adafactor, adafactor, kwargs, message)

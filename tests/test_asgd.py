@@ -13,7 +13,7 @@ from jaxupdate.optim.asgd import asgd, averaged_params
 from jaxupdate.optim.sgd import sgd
 from jaxupdate.transforms.asgd import TorchASGDState
 from tests import parity as P
-from tests.oracle import run_jax_states, run_torch_states
+from tests.oracle import run_torch_states
 
 TORCH_CLS = torch.optim.ASGD
 
@@ -26,7 +26,7 @@ def test_averaged_params_match_torch_ax(dtype, t0):
     kw = dict(lr=0.05, lambd=0.01, t0=t0, weight_decay=0.1)
     params, grads = P.problem(dtype, 15)
     t_traj, t_states = run_torch_states(TORCH_CLS, kw, params, grads, dtype)
-    j_traj, j_states = run_jax_states(asgd(**kw), params, grads, dtype)
+    j_traj, j_states = P.run_jax(asgd(**kw), params, grads, dtype, states=True)
     tol = P.TOL[dtype]
     assert P.rel_err(j_traj, t_traj) <= tol
     averaging_seen = False
@@ -56,7 +56,7 @@ def test_ax_is_a_copy_while_mu_is_one(dtype):
     _, t_states = run_torch_states(TORCH_CLS, kw, params, grads, dtype)
     # (the parameter itself comes back as param + (new - param) = 1e20 + (0.5 - 1e20) = 0:
     # optax updates are differences, exact only when the step is below the parameter's size)
-    _, j_states = run_jax_states(asgd(**kw), params, grads, dtype)
+    _, j_states = P.run_jax(asgd(**kw), params, grads, dtype, states=True)
     assert t_states[1][0]["ax"].tolist() == [0.5, 0.5]
     for ts, js in zip(t_states, j_states, strict=True):
         assert np.array_equal(np.asarray(averaged_params(js)[0]), ts[0]["ax"])
@@ -127,7 +127,7 @@ def test_schedules_match_torch_group_values():
         lambda c: dict(lr=lr_at(c), lambd=lambd_at(c), t0=t0_at(c)),
     )
     tx = asgd(lr=lr_at, lambd=lambd_at, t0=t0_at)
-    j, j_states = run_jax_states(tx, params, grads, torch.float64)
+    j, j_states = P.run_jax(tx, params, grads, torch.float64, states=True)
     assert P.rel_err(j, t) <= P.TOL[torch.float64]
     for leaf, x in enumerate(averaged_params(j_states[-1])):
         assert P.max_rel(np.asarray(x), t_states[-1][leaf]["ax"]) <= P.TOL[torch.float64]
@@ -139,17 +139,6 @@ def test_array_hyperparameters():
     t = P.run_torch(TORCH_CLS, kw, params, grads, torch.float64)
     j = P.run_jax(asgd(**P.array_kwargs(kw)), params, grads, torch.float64)
     assert P.rel_err(j, t) <= P.TOL[torch.float64]
-
-
-def test_needs_params():
-    tx = asgd()
-    with pytest.raises(ValueError, match="needs the current parameters"):
-        tx.update([jnp.ones(2)], tx.init([jnp.ones(2)]))
-
-
-def test_float32_without_x64():
-    kw = dict(lr=0.05, lambd=0.01, t0=5.0, weight_decay=0.1)
-    P.assert_float32_without_x64(TORCH_CLS, asgd, kw)
 
 
 def test_unchecked_like_torch():

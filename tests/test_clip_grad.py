@@ -17,16 +17,9 @@ import optax
 import pytest
 import torch
 
-from jaxupdate.clip_grad import (
-    clip_grad_norm,
-    clip_grad_norm_,
-    clip_grad_value,
-    clip_grad_value_,
-    clip_grads_with_norm_,
-    get_total_norm,
-)
+from jaxupdate import clip_grad as C
 from jaxupdate.optim import adam, sgd
-from tests.parity import JAX_DTYPE, SHAPES, TOL, problem, rel_err
+from tests.parity import JAX_DTYPE, SHAPES, TOL, problem, rel_err, run_jax
 
 NORM_TYPES = [2.0, 1.0, 0.0, 0.5, 3.0, -1.0, -2.5, math.inf, -math.inf, "inf"]
 DTYPES = [torch.float64, torch.float32, torch.complex128, torch.complex64]
@@ -66,13 +59,13 @@ def _rel(a, b):
 def test_clip_grad_norm_function_matches_torch(norm_type, dtype):
     """Total norm and clipped gradients, clipping (max_norm 0.3) and not (1e4: coef -> 1)."""
     tol = TOL[dtype]
-    fn = jax.jit(clip_grad_norm_, static_argnums=(2,))
+    fn = jax.jit(C.clip_grad_norm_, static_argnums=(2,))
     for max_norm, seed in ((0.3, 0), (1e4, 1)):
         grads = _grads(dtype, seed)
         tp = _torch_params(grads, dtype)
         t_norm = torch.nn.utils.clip_grad_norm_(tp, max_norm, norm_type=norm_type)
         jg = [jnp.asarray(g, JAX_DTYPE[dtype]) for g in grads]
-        results = [clip_grad_norm_(jg, max_norm, norm_type)]
+        results = [C.clip_grad_norm_(jg, max_norm, norm_type)]
         if not dtype.is_complex:  # and jitted (complex goes through the same code)
             results.append(fn(jg, max_norm, norm_type))
         for clipped, j_norm in results:
@@ -90,7 +83,7 @@ def test_float64_is_bit_exact_eagerly(norm_type):
     grads = _grads(torch.float64, 3)
     tp = _torch_params(grads, torch.float64)
     t_norm = torch.nn.utils.clip_grad_norm_(tp, 0.5, norm_type=norm_type)
-    clipped, j_norm = clip_grad_norm_([jnp.asarray(g) for g in grads], 0.5, norm_type)
+    clipped, j_norm = C.clip_grad_norm_([jnp.asarray(g) for g in grads], 0.5, norm_type)
     # measured: p=3 and p=0.5 differ by one ulp in the norm (pow/sum order); others exact
     assert abs(float(j_norm) - t_norm.item()) <= 4e-16 * abs(t_norm.item())
     for a, t in zip(clipped, tp):
@@ -103,10 +96,10 @@ def test_get_total_norm_and_clip_grads_with_norm_match_torch():
     jg = [jnp.asarray(g) for g in grads]
     for p in (2.0, 1.0, math.inf):
         t_norm = torch.nn.utils.get_total_norm([t.grad for t in tp], p)
-        assert _rel(get_total_norm(jg, p), t_norm.numpy()) <= 1e-15
+        assert _rel(C.get_total_norm(jg, p), t_norm.numpy()) <= 1e-15
     t_norm = torch.nn.utils.get_total_norm([t.grad for t in tp])
     torch.nn.utils.clip_grads_with_norm_(tp, 0.25, t_norm)
-    out = clip_grads_with_norm_(jg, 0.25, get_total_norm(jg))
+    out = C.clip_grads_with_norm_(jg, 0.25, C.get_total_norm(jg))
     for a, t in zip(out, tp):
         assert _rel(a, t.grad.numpy()) <= 1e-15
 
@@ -118,7 +111,7 @@ def test_pytrees_none_leaves_mixed_dtypes_and_single_array():
     a32 = rng.standard_normal((4,)).astype(np.float32)
     b64 = rng.standard_normal((3, 2))
     tree = {"a": jnp.asarray(a32), "b": jnp.asarray(b64), "c": None}
-    out, norm = clip_grad_norm_(tree, 0.5)
+    out, norm = C.clip_grad_norm_(tree, 0.5)
     ta = torch.zeros(4, requires_grad=True)
     tb = torch.zeros(3, 2, dtype=torch.float64, requires_grad=True)
     tc = torch.zeros(2, requires_grad=True)  # no .grad
@@ -130,7 +123,7 @@ def test_pytrees_none_leaves_mixed_dtypes_and_single_array():
     assert _rel(out["a"], ta.grad.numpy()) <= TOL[torch.float32]
     assert _rel(out["b"], tb.grad.numpy()) <= 1e-15
     # a single array
-    single, n1 = clip_grad_norm_(jnp.asarray(b64), 1.0, 1.0)
+    single, n1 = C.clip_grad_norm_(jnp.asarray(b64), 1.0, 1.0)
     tb.grad = torch.tensor(b64)
     t1 = torch.nn.utils.clip_grad_norm_(tb, 1.0, 1.0)
     assert _rel(n1, t1.numpy()) <= 1e-15 and _rel(single, tb.grad.numpy()) <= 1e-15
@@ -142,7 +135,7 @@ EMPTY_INF = "cannot compute the (-?inf|infinity) norm on an empty tensor because
 def test_empty_tree_and_empty_leaves():
     """An empty tree: norm 0.0 in float32 (torch.tensor(0.0)); empty leaves as torch, whose inf
     norms have no identity and raise."""
-    out, norm = clip_grad_norm_({}, 1.0)
+    out, norm = C.clip_grad_norm_({}, 1.0)
     assert out == {} and norm.dtype == jnp.float32 and float(norm) == 0.0
     t0 = torch.nn.utils.clip_grad_norm_([], 1.0)
     assert t0.dtype == torch.float32 and t0.item() == 0.0
@@ -150,14 +143,14 @@ def test_empty_tree_and_empty_leaves():
     for p in (2.0, 1.0, 0.0, 3.0):
         tp = _torch_params([empty, full], torch.float64)
         t_norm = torch.nn.utils.clip_grad_norm_(tp, 0.1, norm_type=p)
-        out, j_norm = clip_grad_norm_([jnp.asarray(empty), jnp.asarray(full)], 0.1, p)
+        out, j_norm = C.clip_grad_norm_([jnp.asarray(empty), jnp.asarray(full)], 0.1, p)
         assert _rel(j_norm, t_norm.numpy()) <= 1e-15, p
         assert out[0].shape == (0,) and _rel(out[1], tp[1].grad.numpy()) <= 1e-15
     for p in (math.inf, -math.inf):
         with pytest.raises(RuntimeError, match=EMPTY_INF):
             torch.nn.utils.clip_grad_norm_(_torch_params([empty, full], torch.float64), 1, p)
         with pytest.raises(RuntimeError, match=EMPTY_INF):
-            clip_grad_norm_([jnp.asarray(empty), jnp.asarray(full)], 1.0, p)
+            C.clip_grad_norm_([jnp.asarray(empty), jnp.asarray(full)], 1.0, p)
 
 
 def test_nonfinite_without_error_flag_matches_torch():
@@ -167,7 +160,7 @@ def test_nonfinite_without_error_flag_matches_torch():
         grads[0][0, 0] = bad
         tp = _torch_params(grads, torch.float64)
         t_norm = torch.nn.utils.clip_grad_norm_(tp, 1.0)
-        out, j_norm = clip_grad_norm_([jnp.asarray(g) for g in grads], 1.0)
+        out, j_norm = C.clip_grad_norm_([jnp.asarray(g) for g in grads], 1.0)
         np.testing.assert_array_equal(np.asarray(j_norm), t_norm.numpy())
         for a, t in zip(out, tp):
             np.testing.assert_array_equal(np.asarray(a), t.grad.numpy())
@@ -185,20 +178,20 @@ def _torch_message(norm_type):
 def test_error_if_nonfinite_eager_is_torchs_error(norm_type):
     message = _torch_message(norm_type)
     g = {"w": jnp.array([jnp.nan, 1.0])}
-    for fn in (clip_grad_norm_, lambda g, m, p, e: get_total_norm(g, p, e)):
+    for fn in (C.clip_grad_norm_, lambda g, m, p, e: C.get_total_norm(g, p, e)):
         with pytest.raises(RuntimeError) as info:
             fn(g, 1.0, norm_type, True)
         assert str(info.value) == message
     # a finite norm passes, and the flag off lets the NaN through as torch does
-    clip_grad_norm_({"w": jnp.array([3.0, 4.0])}, 1.0, norm_type, True)
-    assert bool(jnp.isnan(clip_grad_norm_(g, 1.0, norm_type, False)[1]))
+    C.clip_grad_norm_({"w": jnp.array([3.0, 4.0])}, 1.0, norm_type, True)
+    assert bool(jnp.isnan(C.clip_grad_norm_(g, 1.0, norm_type, False)[1]))
 
 
 def test_error_if_nonfinite_is_reported_inside_jit():
     """Inside jit (and scan): the call raises jax.errors.JaxRuntimeError, a RuntimeError whose
     message carries torch's text; a finite norm runs through without a report."""
     message = _torch_message(2.0)
-    step = jax.jit(lambda g: clip_grad_norm_(g, 1.0, 2.0, True))
+    step = jax.jit(lambda g: C.clip_grad_norm_(g, 1.0, 2.0, True))
     out, norm = step({"w": jnp.array([3.0, 4.0])})
     assert float(norm) == 5.0
     for bad in (jnp.nan, jnp.inf, -jnp.inf):
@@ -208,7 +201,7 @@ def test_error_if_nonfinite_is_reported_inside_jit():
         assert message in str(info.value)
 
     # the transformation, in a jitted train step and in a lax.scan over steps
-    tx = optax.chain(clip_grad_norm(1.0, error_if_nonfinite=True), sgd(lr=0.1))
+    tx = optax.chain(C.clip_grad_norm(1.0, error_if_nonfinite=True), sgd(lr=0.1))
     params = {"w": jnp.ones(2)}
     state = tx.init(params)
 
@@ -241,24 +234,6 @@ def _torch_clip_trajectory(params, grads, dtype, opt_cls, opt_kw, clip):
         opt.step()
         traj.append([t.detach().clone().numpy() for t in tp])
     return traj, norms
-
-
-def _jax_trajectory(tx, params, grads, dtype):
-    jdt = JAX_DTYPE[dtype]
-    jp = [jnp.asarray(p, jdt) for p in params]
-    state = tx.init(jp)
-
-    @jax.jit
-    def step(g, state, p):
-        updates, state = tx.update(g, state, p)
-        return optax.apply_updates(p, updates), state
-
-    traj, states = [], []
-    for g in grads:
-        jp, state = step([jnp.asarray(x, jdt) for x in g], state, jp)
-        traj.append([np.asarray(x) for x in jp])
-        states.append(state)
-    return traj, states
 
 
 # (norm_type, max_norm, optimizer) covering every norm type, clipping on most steps or none
@@ -298,8 +273,8 @@ def test_transformation_trajectory_matches_torch_loop(norm_type, max_norm, opt, 
         return torch.nn.utils.clip_grad_norm_(tp, max_norm, norm_type=norm_type)
 
     t_traj, t_norms = _torch_clip_trajectory(params, grads, dtype, t_cls, kw, clip)
-    tx = optax.chain(clip_grad_norm(max_norm, norm_type), j_fn(**kw))
-    j_traj, states = _jax_trajectory(tx, params, grads, dtype)
+    tx = optax.chain(C.clip_grad_norm(max_norm, norm_type), j_fn(**kw))
+    j_traj, states = run_jax(tx, params, grads, dtype, states=True)
     assert rel_err(j_traj, t_traj) <= TOL[dtype]
     j_norms = [float(s[0].total_norm) for s in states]
     assert np.max(np.abs(np.array(j_norms) - t_norms) / np.abs(t_norms)) <= TOL[dtype]
@@ -319,8 +294,8 @@ def test_scheduled_max_norm_and_array_max_norm():
     t_traj, _ = _torch_clip_trajectory(
         params, grads, torch.float64, torch.optim.SGD, dict(lr=0.1), clip
     )
-    tx = optax.chain(clip_grad_norm(lambda c: 0.5 + 0.1 * c), sgd(lr=0.1))
-    j_traj, _ = _jax_trajectory(tx, params, grads, torch.float64)
+    tx = optax.chain(C.clip_grad_norm(lambda c: 0.5 + 0.1 * c), sgd(lr=0.1))
+    j_traj = run_jax(tx, params, grads, torch.float64)
     assert rel_err(j_traj, t_traj) <= TOL[torch.float64]
 
     def clip_tensor(tp, count):  # torch takes float(max_norm)
@@ -329,11 +304,11 @@ def test_scheduled_max_norm_and_array_max_norm():
     t_traj, _ = _torch_clip_trajectory(
         params, grads, torch.float64, torch.optim.SGD, dict(lr=0.1), clip_tensor
     )
-    tx = optax.chain(clip_grad_norm(np.array([0.7])), sgd(lr=0.1))
-    j_traj, _ = _jax_trajectory(tx, params, grads, torch.float64)
+    tx = optax.chain(C.clip_grad_norm(np.array([0.7])), sgd(lr=0.1))
+    j_traj = run_jax(tx, params, grads, torch.float64)
     assert rel_err(j_traj, t_traj) <= TOL[torch.float64]
     with pytest.raises(ValueError, match="Tensor max_norm must be 1-element"):
-        clip_grad_norm(np.array([1.0, 2.0]))
+        C.clip_grad_norm(np.array([1.0, 2.0]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
@@ -344,7 +319,7 @@ def test_clip_grad_value_matches_torch(clip_value, dtype):
     grads[0][1, 1] = math.nan
     tp = _torch_params(grads, dtype)
     torch.nn.utils.clip_grad_value_(tp, clip_value)
-    out = clip_grad_value_([jnp.asarray(g, JAX_DTYPE[dtype]) for g in grads], clip_value)
+    out = C.clip_grad_value_([jnp.asarray(g, JAX_DTYPE[dtype]) for g in grads], clip_value)
     for a, t in zip(out, tp):
         np.testing.assert_array_equal(np.asarray(a), t.grad.numpy())  # clamping is exact
 
@@ -354,8 +329,8 @@ def test_clip_grad_value_matches_torch(clip_value, dtype):
         torch.nn.utils.clip_grad_value_(tp, clip_value)
 
     t_traj, _ = _torch_clip_trajectory(params, grads, dtype, torch.optim.Adam, dict(lr=0.05), clip)
-    j_traj, _ = _jax_trajectory(optax.chain(clip_grad_value(clip_value), adam(lr=0.05)),
-                                params, grads, dtype)
+    tx = optax.chain(C.clip_grad_value(clip_value), adam(lr=0.05))
+    j_traj = run_jax(tx, params, grads, dtype)
     assert rel_err(j_traj, t_traj) <= TOL[dtype]
 
 
@@ -364,18 +339,18 @@ def test_clip_grad_value_complex_raises_like_torch():
     with pytest.raises(NotImplementedError, match="clamp is not supported for complex types"):
         torch.nn.utils.clip_grad_value_(tp, 1.0)
     with pytest.raises(NotImplementedError, match="clamp is not supported for complex types"):
-        clip_grad_value_([jnp.ones(2, jnp.complex128)], 1.0)
+        C.clip_grad_value_([jnp.ones(2, jnp.complex128)], 1.0)
 
 
 @pytest.mark.parametrize(
     "ju_fn,torch_fn",
     [
-        (get_total_norm, torch.nn.utils.get_total_norm),
-        (clip_grad_norm_, torch.nn.utils.clip_grad_norm_),
-        (clip_grads_with_norm_, torch.nn.utils.clip_grads_with_norm_),
-        (clip_grad_value_, torch.nn.utils.clip_grad_value_),
-        (clip_grad_norm, torch.nn.utils.clip_grad_norm_),
-        (clip_grad_value, torch.nn.utils.clip_grad_value_),
+        (C.get_total_norm, torch.nn.utils.get_total_norm),
+        (C.clip_grad_norm_, torch.nn.utils.clip_grad_norm_),
+        (C.clip_grads_with_norm_, torch.nn.utils.clip_grads_with_norm_),
+        (C.clip_grad_value_, torch.nn.utils.clip_grad_value_),
+        (C.clip_grad_norm, torch.nn.utils.clip_grad_norm_),
+        (C.clip_grad_value, torch.nn.utils.clip_grad_value_),
     ],
     ids=lambda f: f.__name__,
 )
@@ -388,7 +363,7 @@ def test_signature_matches_torch(ju_fn, torch_fn):
         if p.name != "foreach"
     ]
     j_params = list(inspect.signature(ju_fn).parameters.values())
-    if ju_fn not in (clip_grad_norm, clip_grad_value):  # transformations take no tensors
+    if ju_fn not in (C.clip_grad_norm, C.clip_grad_value):  # transformations take no tensors
         j_params = j_params[1:]
     assert [(p.name, p.kind, p.default) for p in j_params] == [
         (p.name, p.kind, p.default) for p in t_params

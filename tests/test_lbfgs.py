@@ -19,6 +19,7 @@ from torch.testing._internal import common_optimizers as co
 
 from jaxupdate.optim.lbfgs import LBFGSState, lbfgs, lbfgs_history
 from tests.parity import (
+    JAX_DTYPE,
     TOL,
     assert_signature_matches,
     check_torch_error,
@@ -26,18 +27,8 @@ from tests.parity import (
     to_jax_kwargs,
 )
 
-JAX_DTYPE = {torch.float64: jnp.float64, torch.float32: jnp.float32,
-             torch.complex128: jnp.complex128}  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def _torch_one_thread():
-    """torch on one thread here: its OpenMP workers spin-wait for milliseconds per kernel when
-    other processes share the cores (these problems are tiny; results do not depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny problems: torch's OpenMP workers would only spin-wait (see tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,9 +140,14 @@ def _np(x):
     return np.array(x, dtype=np.float64)
 
 
-def run_torch(name, kwargs, steps, dtype=torch.float64, lr_at=None, seed=0, drop=None):
+def run_torch(name, kwargs, steps, dtype=torch.float64, lr_at=None, seed=0, drop=None,
+              moved=None):
+    """torch's LBFGS on problem ``name``: per step, parameters, counters and state;
+    ``moved``: the index of a leaf whose start moves up by one ulp."""
     init, _, ft = PROBLEMS[name](np.random.default_rng(seed))
     leaves = jax.tree.leaves(init)
+    if moved is not None:
+        leaves[moved] = np.nextafter(leaves[moved], np.inf)
     tp = [torch.tensor(x).to(dtype if not np.iscomplexobj(x) else torch.complex128) for x in leaves]
     tp = [t.requires_grad_() for t in tp]
     extra = torch.zeros(2, dtype=dtype, requires_grad=True)  # a parameter without gradient
@@ -405,30 +401,10 @@ def test_rosenbrock_strong_wolfe(kwargs):
     # torch against itself: start moved by one ulp
     sensitivity = 0.0
     for leaf in (0, 1):
-        t_moved = _run_torch_moved(kwargs, steps, leaf)
+        t_moved = run_torch("rosenbrock", kwargs, steps, moved=leaf)
         sensitivity = max(sensitivity, param_err(t_moved, t))
     err = param_err(j, t)
     assert err <= max(TOL[torch.float64], 50 * sensitivity), (err, sensitivity)
-
-
-def _run_torch_moved(kwargs, steps, leaf):
-    init, _, ft = rosenbrock(np.random.default_rng(0))
-    leaves = jax.tree.leaves(init)
-    leaves[leaf] = np.nextafter(leaves[leaf], np.inf)
-    tp = [torch.tensor(x).requires_grad_() for x in leaves]
-    opt = torch.optim.LBFGS(tp, **kwargs)
-
-    def closure():
-        opt.zero_grad()
-        loss = ft(tp)
-        loss.backward()
-        return loss
-
-    out = []
-    for _ in range(steps):
-        opt.step(closure)
-        out.append({"params": [_np(t) for t in tp]})
-    return out
 
 
 FLOAT32 = [

@@ -41,7 +41,7 @@ from jaxupdate.lr_scheduler import (
 from jaxupdate.optim.adam import adam, adamw
 from jaxupdate.optim.rmsprop import rmsprop
 from jaxupdate.optim.sgd import sgd
-from tests.parity import TOL, problem, rel_err
+from tests.parity import TOL, counted_step, problem, rel_err
 
 F64 = torch.float64
 STEPS = 40
@@ -379,17 +379,11 @@ def test_set_hyperparams_by_hand_matches_torch():
 
 def test_setting_hyperparams_does_not_recompile():
     """New values, set outside or inside jit, keep the jitted step's single trace."""
-    traces = []
     tx = inject_hyperparams(adam)(lr=1e-2)
     params, grads = problem(F64, 30, seed=5)
     p = [jnp.asarray(x) for x in params]
     state = tx.init(p)
-
-    @jax.jit
-    def step(p, state, g):
-        traces.append(1)
-        updates, state = tx.update(g, state, p)
-        return jaxupdate.apply_updates(p, updates), state
+    step, traces = counted_step(tx)
 
     lrs = []
     for k, g in enumerate(grads[:15]):
@@ -400,7 +394,7 @@ def test_setting_hyperparams_does_not_recompile():
         if k == 9:
             state = set_hyperparams(state, lr=torch.tensor(1e-3), betas=(0.8, 0.99))
         lrs.append(float(get_hyperparams(state)["lr"]))
-        p, state = step(p, state, [jnp.asarray(x) for x in g])
+        p, state = step([jnp.asarray(x) for x in g], state, p)
     assert len(traces) == 1 and step._cache_size() == 1
     assert lrs[2:4] == [1e-2, 5e-3] and lrs[-1] == pytest.approx(1e-3, rel=1e-7)  # float32 in
 

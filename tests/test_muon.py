@@ -12,27 +12,14 @@ import torch
 from torch.optim._muon import _zeropower_via_newtonschulz as torch_newtonschulz
 from torch.testing._internal import common_optimizers as co
 
-import jaxupdate as ju
+from jaxupdate.interop.parity import shapes_for
 from jaxupdate.optim.muon import muon
 from jaxupdate.transforms.muon import TorchMuonState, zeropower_via_newtonschulz
-from tests.parity import (
-    TOL,
-    TORCH_ONLY_KWARGS,
-    assert_parity,
-    assert_signature_matches,
-    check_same_error,
-    error_cases,
-    jax_params,
-    problem,
-    rel_err,
-    run_jax,
-    run_torch,
-    to_jax_kwargs,
-    torch_table,
-)
+from tests import parity as P
 
-# Muon takes matrices only: wide, tall (transposed inside Newton-Schulz) and square ones.
-SHAPES = ((3, 4), (5, 3), (4, 4))
+# Muon takes matrices only: wide, tall (transposed inside Newton-Schulz) and square ones, as
+# its declaration tells the parity harness.
+SHAPES = shapes_for("Muon")
 
 # Tolerance. Newton-Schulz runs in bfloat16, but each of its operations is reproduced rounding
 # for rounding (bfloat16 products accumulated in float32 and rounded once; addmm's
@@ -43,10 +30,10 @@ SHAPES = ((3, 4), (5, 3), (4, 4))
 # table and the grid below. Hence the standard tolerance tests.parity.TOL, not a bfloat16 one.
 
 
-@pytest.mark.parametrize("kwargs", torch_table(co.optim_inputs_func_muon))
+@pytest.mark.parametrize("kwargs", P.torch_table(co.optim_inputs_func_muon))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_torch_table(kwargs, dtype):
-    assert_parity(torch.optim.Muon, muon, kwargs, dtype, shapes=SHAPES)
+    P.assert_parity(torch.optim.Muon, muon, kwargs, dtype, shapes=SHAPES)
 
 
 # Each option at a non-default value at least once, in combination.
@@ -63,7 +50,7 @@ GRID = [
 @pytest.mark.parametrize("kwargs", GRID, ids=[str(kw).replace(" ", "") for kw in GRID])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_option_grid(kwargs, dtype):
-    assert_parity(torch.optim.Muon, muon, kwargs, dtype, steps=30, shapes=SHAPES)
+    P.assert_parity(torch.optim.Muon, muon, kwargs, dtype, steps=30, shapes=SHAPES)
 
 
 # Larger matrices. The addmm epilogue is reproduced exactly (one fused rounding), but a matrix
@@ -84,11 +71,11 @@ BF16_TOL = 3e-4
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_larger_matrices_within_bfloat16_rounding(dtype):
-    params, grads = problem(dtype, 20, shapes=BIG_SHAPES)
+    params, grads = P.problem(dtype, 20, shapes=BIG_SHAPES)
     kwargs = dict(lr=0.02, adjust_lr_fn="match_rms_adamw")
-    t_traj = run_torch(torch.optim.Muon, kwargs, params, grads, dtype)
-    j_traj = run_jax(muon(**kwargs), params, grads, dtype)
-    err = rel_err(j_traj, t_traj)
+    t_traj = P.run_torch(torch.optim.Muon, kwargs, params, grads, dtype)
+    j_traj = P.run_jax(muon(**kwargs), params, grads, dtype)
+    err = P.rel_err(j_traj, t_traj)
     assert err <= BF16_TOL, err
 
 
@@ -111,43 +98,31 @@ def test_newtonschulz_bit_exact(shape, dtype):
 
 def test_schedules_and_arrays():
     dtype = torch.float64
-    params, grads = problem(dtype, 20, shapes=SHAPES)
+    params, grads = P.problem(dtype, 20, shapes=SHAPES)
 
     def sched(count):
         return 0.03 * 0.9 ** count
 
-    t_traj = run_torch(torch.optim.Muon, dict(lr=0.03), params, grads, dtype, lr_at=sched)
-    j_traj = run_jax(muon(lr=sched), params, grads, dtype)
-    assert rel_err(j_traj, t_traj) <= TOL[dtype]
+    t_traj = P.run_torch(torch.optim.Muon, dict(lr=0.03), params, grads, dtype, lr_at=sched)
+    j_traj = P.run_jax(muon(lr=sched), params, grads, dtype)
+    assert P.rel_err(j_traj, t_traj) <= P.TOL[dtype]
     # float64 1-element arrays are Python floats
     kwargs = dict(lr=0.02, weight_decay=0.2, momentum=0.8, eps=1e-3)
-    t_traj = run_torch(torch.optim.Muon, kwargs, params, grads, dtype)
+    t_traj = P.run_torch(torch.optim.Muon, kwargs, params, grads, dtype)
     arrays = {k: np.array([v]) for k, v in kwargs.items()}
-    j_traj = run_jax(muon(**arrays, ns_coefficients=(np.array(3.4445), -4.775, 2.0315)),
+    j_traj = P.run_jax(muon(**arrays, ns_coefficients=(np.array(3.4445), -4.775, 2.0315)),
                      params, grads, dtype)
-    assert rel_err(j_traj, t_traj) <= TOL[dtype]
+    assert P.rel_err(j_traj, t_traj) <= P.TOL[dtype]
 
 
 def test_state_matches_torch_and_jit_without_retrace():
     dtype = torch.float64
-    params, grads = problem(dtype, 6, shapes=SHAPES)
-    tp = [torch.tensor(p).requires_grad_() for p in params]
-    opt = torch.optim.Muon(tp, lr=0.02)
-    for g in grads:
-        for t, gg in zip(tp, g, strict=True):
-            t.grad = torch.tensor(gg)
-        opt.step()
+    params, grads = P.problem(dtype, 6, shapes=SHAPES)
+    opt, tp = P.torch_after(torch.optim.Muon, dict(lr=0.02), params, grads)
     tx = muon(lr=0.02)
     jp = [jnp.asarray(p) for p in params]
     state = tx.init(jp)
-    traces = []
-
-    @jax.jit
-    def step(g, s, p):
-        traces.append(None)
-        u, s = tx.update(g, s, p)
-        return ju.apply_updates(p, u), s
-
+    step, traces = P.counted_step(tx)
     for g in grads:
         jp, state = step([jnp.asarray(x) for x in g], state, jp)
     assert len(traces) == 1
@@ -160,10 +135,10 @@ def test_state_matches_torch_and_jit_without_retrace():
 
 
 def test_defaults_match_torch():
-    assert_signature_matches(torch.optim.Muon, muon)
+    P.assert_signature_matches(torch.optim.Muon, muon)
 
 
-@pytest.mark.parametrize("err", error_cases(co.optim_error_inputs_func_muon))
+@pytest.mark.parametrize("err", P.error_cases(co.optim_error_inputs_func_muon))
 def test_torch_error_table(err):
     """torch's optim_error_inputs_func_muon: same exception type and message.
 
@@ -172,13 +147,13 @@ def test_torch_error_table(err):
     time a transformation sees the parameters, and from ``update``.
     """
     oi = err.optimizer_error_input
-    if any(k in oi.kwargs for k in TORCH_ONLY_KWARGS):
+    if any(k in oi.kwargs for k in P.TORCH_ONLY_KWARGS):
         pytest.skip("about torch kernel choices, not the mathematics")
-    jparams = None if oi.params is None else jax_params(oi.params)
+    jparams = None if oi.params is None else P.jax_params(oi.params)
     if oi.params is not None and jparams is None:
         pytest.skip("about torch's `params` argument (groups, names, duplicates)")
     try:
-        tx = muon(**to_jax_kwargs(oi.kwargs))
+        tx = muon(**P.to_jax_kwargs(oi.kwargs))
     except err.error_type as e:
         assert err.error_on == co.OptimizerErrorEnum.CONSTRUCTION_ERROR
         assert re.search(err.error_regex, str(e))
@@ -212,7 +187,7 @@ def test_torch_error_table(err):
     ],
 )
 def test_errors_match_torch_wording(kwargs, message, torch_on_step):
-    check_same_error(
+    P.check_same_error(
         torch.optim.Muon, muon, kwargs, message, shape=(2, 2), torch_on_step=torch_on_step
     )
 

@@ -122,23 +122,6 @@ def test_muon_nan_spreads_over_its_matrix_only():
     assert np.isnan(j_traj[-1][0]).all() and np.isfinite(j_traj[-1][1]).all()
 
 
-def _run_skip(tx, params, grads):
-    state = tx.init([jnp.asarray(p) for p in params])
-    jp = [jnp.asarray(p) for p in params]
-
-    @jax.jit
-    def step(g, state, p):
-        updates, state = tx.update(g, state, p)
-        return ju.apply_updates(p, updates), state
-
-    traj, states = [], []
-    for g in grads:
-        jp, state = step([jnp.asarray(x) for x in g], state, jp)
-        traj.append([np.asarray(x) for x in jp])
-        states.append(state)
-    return traj, states
-
-
 @pytest.mark.parametrize("torch_name,name,kwargs", [
     ("Adam", "adam", dict(lr=0.01, amsgrad=True)),
     ("SGD", "sgd", dict(lr=0.05, momentum=0.9)),
@@ -160,7 +143,8 @@ def test_skip_nonfinite_equals_torch_grad_scaler(torch_name, name, kwargs):
         scaler.step(opt)
         scaler.update()
         t_traj.append([t.detach().numpy().copy() for t in tp])
-    j_traj, states = _run_skip(skip_nonfinite(getattr(ju, name)(**kwargs)), params, grads)
+    tx = skip_nonfinite(getattr(ju, name)(**kwargs))
+    j_traj, states = run_jax(tx, params, grads, torch.float64, states=True)
     _compare_with_nonfinite(j_traj, t_traj, TOL[torch.float64])
     assert all(np.isfinite(x).all() for x in j_traj[-1])
     last = states[-1]
@@ -176,14 +160,14 @@ def test_skipped_step_leaves_state_untouched_and_equals_removing_it():
     grads = [[g.copy() for g in s] for s in clean]
     grads[3][2] = np.array(np.inf)  # the 0-d leaf
     tx = skip_nonfinite(ju.adam(lr=0.01))
-    traj, states = _run_skip(tx, params, grads)
+    traj, states = run_jax(tx, params, grads, torch.float64, states=True)
     np.testing.assert_equal(  # inner state bitwise unchanged by the skipped step
         [np.asarray(x) for x in jax.tree.leaves(states[2].inner_state)],
         [np.asarray(x) for x in jax.tree.leaves(states[3].inner_state)],
     )
     np.testing.assert_equal(traj[2], traj[3])  # parameters unchanged
     # the run equals an unwrapped run on the gradients with step 3 removed, bitwise
-    ref, _ = _run_skip(ju.adam(lr=0.01), params, grads[:3] + grads[4:])
+    ref = run_jax(ju.adam(lr=0.01), params, grads[:3] + grads[4:], torch.float64)
     np.testing.assert_equal(traj[:3] + traj[4:], ref)
 
 

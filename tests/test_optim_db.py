@@ -8,11 +8,13 @@ error table and exact wording, the state after 15 steps, an lr schedule read as 
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import pytest
 import torch
 
 from tests import parity as P
 from tests.optim_db import OPTIMS
+from tests.oracle import run_torch_states
 
 
 def _params(select, make):
@@ -106,6 +108,57 @@ def test_lr_schedule_matches_torch_group_lr(info):
 
 def _constant(v):
     return lambda count: v + 0.0 * count
+
+
+def _at(v, count):
+    """A hyperparameter's value at ``count``: schedules called, also inside tuples (betas)."""
+    if isinstance(v, tuple):
+        return tuple(_at(x, count) for x in v)
+    return v(count) if callable(v) else v
+
+
+@pytest.mark.parametrize("info", [o for o in OPTIMS if o.group_schedules], ids=lambda o: o.name)
+def test_schedules_match_torch_group_values(info):
+    """Hyperparameters as schedules equal setting torch's group values before each step."""
+    kw, schedules = info.group_schedules
+    params, grads = P.problem(torch.float64, 20)
+    t, _ = run_torch_states(
+        info.torch_cls, {**kw, **{k: _at(v, 0) for k, v in schedules.items()}}, params, grads,
+        torch.float64, lambda c: {k: _at(v, c) for k, v in schedules.items()},
+    )
+    j = P.run_jax(info.ju_fn(**kw, **schedules), params, grads, torch.float64)
+    assert P.rel_err(j, t) <= P.TOL[torch.float64]
+
+
+@pytest.mark.parametrize("info", [o for o in OPTIMS if o.without_params], ids=lambda o: o.name)
+def test_without_params(info):
+    """update(grads, state) without params: the same step up to rounding (one add less)."""
+    P.assert_without_params(info.torch_cls, info.ju_fn, info.without_params)
+
+
+@pytest.mark.parametrize(
+    "info", [o for o in OPTIMS if o.float32_without_x64], ids=lambda o: o.name
+)
+def test_float32_without_x64(info):
+    P.assert_float32_without_x64(info.torch_cls, info.ju_fn, info.float32_without_x64)
+
+
+@pytest.mark.parametrize(
+    "info", [o for o in OPTIMS if o.needs_params is not None], ids=lambda o: o.name
+)
+def test_update_needs_params(info):
+    tx = info.ju_fn(**info.needs_params)
+    with pytest.raises(ValueError, match="needs the current parameters"):
+        tx.update([jnp.ones(2)], tx.init([jnp.ones(2)]))
+
+
+@pytest.mark.parametrize("info", [o for o in OPTIMS if o.scan], ids=lambda o: o.name)
+def test_jit_scan_no_python_flags(info):
+    """The whole trajectory inside one jitted lax.scan (state only, no Python-side flags)."""
+    params, grads = P.problem(torch.float64, 30)
+    t = P.run_torch(info.torch_cls, info.scan, params, grads, torch.float64)
+    j, _ = P.run_jax_scan(info.ju_fn(**info.scan), params, grads)
+    assert P.rel_err(j, t) <= P.TOL[torch.float64]
 
 
 @pytest.mark.parametrize("info", [o for o in OPTIMS if o.hparams], ids=lambda o: o.name)

@@ -45,6 +45,7 @@ from jaxupdate.precision import (
     master_params,
     master_weights,
 )
+from tests.parity import run_jax, run_torch
 
 TORCH_DTYPE = {jnp.bfloat16: torch.bfloat16, jnp.float16: torch.float16}
 UNIT = {jnp.bfloat16: 2.0**-8, jnp.float16: 2.0**-11}
@@ -63,32 +64,13 @@ def _data(dt, seed=0):
 
 
 def _torch_run(cls, kwargs, params, grads, tdt):
-    tp = [torch.tensor(p).to(tdt).requires_grad_() for p in params]
-    opt = cls(tp, **kwargs)
-    out = []
-    for g in grads:
-        for t, gg in zip(tp, g):
-            t.grad = torch.tensor(gg).to(tdt)
-        opt.step()
-        out.append([t.detach().double().numpy().copy() for t in tp])
-    return out
+    return [[x.astype(np.float64) for x in s] for s in run_torch(cls, kwargs, params, grads, tdt)]
 
 
 def _ju_run(tx, params, grads, dt):
-    jp = [jnp.asarray(p, dt) for p in params]
-    state = tx.init(jp)
-
-    @jax.jit
-    def step(g, state, p):
-        updates, state = tx.update(g, state, p)
-        return ju.apply_updates(p, updates), state
-
-    out = []
-    for g in grads:
-        jp, state = step([jnp.asarray(x, dt) for x in g], state, jp)
-        assert all(x.dtype == dt for x in jp)
-        out.append([np.asarray(x.astype(jnp.float64)) for x in jp])
-    return out, state
+    traj, states = run_jax(tx, params, grads, dt, states=True)
+    assert all(x.dtype == dt for s in traj for x in s)
+    return [[x.astype(np.float64) for x in s] for s in traj], states[-1]
 
 
 def _rel(a_traj, b_traj):

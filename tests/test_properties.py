@@ -22,17 +22,8 @@ import torch
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from jaxupdate.optim.adadelta import adadelta
-from jaxupdate.optim.adafactor import adafactor
-from jaxupdate.optim.adagrad import adagrad
-from jaxupdate.optim.adam import adam, adamw
-from jaxupdate.optim.adamax import adamax
-from jaxupdate.optim.asgd import asgd
-from jaxupdate.optim.nadam import nadam
-from jaxupdate.optim.radam import radam
-from jaxupdate.optim.rmsprop import rmsprop
-from jaxupdate.optim.rprop import rprop
-from jaxupdate.optim.sgd import sgd
+from jaxupdate.interop import optimizer_fn_for
+from jaxupdate.interop.parity import optimizer_table
 from tests.parity import assert_parity
 
 EXPLORE = int(os.environ.get("JAXUPDATE_HYPOTHESIS_EXPLORE", "0"))
@@ -59,6 +50,8 @@ EPS = log_uniform(1e-10, 1e-2)
 WD = zero_or(log_uniform(1e-4, 0.5))
 BETAS = st.tuples(st.floats(0.0, 0.99), st.floats(0.5, 0.9999))
 FLAG = st.booleans()
+# the options Adam, AdamW, Adamax, NAdam and RAdam share
+ADAM_LIKE = dict(lr=LR, betas=BETAS, eps=EPS, weight_decay=WD, maximize=FLAG)
 
 
 @st.composite
@@ -75,159 +68,62 @@ def sgd_kwargs(draw):
     )
 
 
-# name -> (torch class, jaxupdate function, kwargs strategy, complex supported)
+# torch class name -> kwargs strategy (or a dict of them); the jaxupdate function is the one
+# declared for that class, complex support as torch's optim_db says
 OPTIMIZERS = {
-    "sgd": (torch.optim.SGD, sgd, sgd_kwargs(), True),
-    "adam": (
-        torch.optim.Adam,
-        adam,
-        st.fixed_dictionaries(
-            dict(
-                lr=LR,
-                betas=BETAS,
-                eps=EPS,
-                weight_decay=WD,
-                amsgrad=FLAG,
-                maximize=FLAG,
-                decoupled_weight_decay=FLAG,
-            )
-        ),
-        True,
+    "SGD": sgd_kwargs(),
+    "Adam": dict(ADAM_LIKE, amsgrad=FLAG, decoupled_weight_decay=FLAG),
+    "AdamW": dict(ADAM_LIKE, amsgrad=FLAG),
+    "RMSprop": dict(
+        lr=LR,
+        alpha=st.floats(0.5, 0.999),
+        eps=EPS,
+        weight_decay=WD,
+        momentum=zero_or(st.floats(0.05, 0.95)),
+        centered=FLAG,
+        maximize=FLAG,
     ),
-    "adamw": (
-        torch.optim.AdamW,
-        adamw,
-        st.fixed_dictionaries(
-            dict(lr=LR, betas=BETAS, eps=EPS, weight_decay=WD, amsgrad=FLAG, maximize=FLAG)
-        ),
-        True,
+    "Adagrad": dict(
+        lr=LR,
+        lr_decay=zero_or(log_uniform(1e-4, 0.1)),
+        weight_decay=WD,
+        initial_accumulator_value=zero_or(st.floats(0.01, 1.0)),
+        eps=EPS,
+        maximize=FLAG,
     ),
-    "rmsprop": (
-        torch.optim.RMSprop,
-        rmsprop,
-        st.fixed_dictionaries(
-            dict(
-                lr=LR,
-                alpha=st.floats(0.5, 0.999),
-                eps=EPS,
-                weight_decay=WD,
-                momentum=zero_or(st.floats(0.05, 0.95)),
-                centered=FLAG,
-                maximize=FLAG,
-            )
-        ),
-        True,
+    "Adadelta": dict(
+        lr=log_uniform(0.1, 2.0),
+        rho=st.floats(0.5, 0.99),
+        eps=log_uniform(1e-8, 1e-4),
+        weight_decay=WD,
+        maximize=FLAG,
     ),
-    "adagrad": (
-        torch.optim.Adagrad,
-        adagrad,
-        st.fixed_dictionaries(
-            dict(
-                lr=LR,
-                lr_decay=zero_or(log_uniform(1e-4, 0.1)),
-                weight_decay=WD,
-                initial_accumulator_value=zero_or(st.floats(0.01, 1.0)),
-                eps=EPS,
-                maximize=FLAG,
-            )
-        ),
-        True,
+    "Adamax": ADAM_LIKE,
+    "NAdam": dict(
+        ADAM_LIKE, momentum_decay=log_uniform(1e-3, 1e-2), decoupled_weight_decay=FLAG
     ),
-    "adadelta": (
-        torch.optim.Adadelta,
-        adadelta,
-        st.fixed_dictionaries(
-            dict(
-                lr=log_uniform(0.1, 2.0),
-                rho=st.floats(0.5, 0.99),
-                eps=log_uniform(1e-8, 1e-4),
-                weight_decay=WD,
-                maximize=FLAG,
-            )
-        ),
-        True,
+    "RAdam": dict(ADAM_LIKE, decoupled_weight_decay=FLAG),
+    "ASGD": dict(
+        lr=LR,
+        lambd=zero_or(log_uniform(1e-5, 1e-2)),
+        alpha=st.floats(0.5, 1.0),
+        t0=st.integers(1, 10).map(float),
+        weight_decay=WD,
+        maximize=FLAG,
     ),
-    "adamax": (
-        torch.optim.Adamax,
-        adamax,
-        st.fixed_dictionaries(
-            dict(lr=LR, betas=BETAS, eps=EPS, weight_decay=WD, maximize=FLAG)
-        ),
-        True,
+    "Rprop": dict(
+        lr=LR,
+        etas=st.tuples(st.floats(0.1, 0.9), st.floats(1.05, 2.0)),
+        step_sizes=st.tuples(log_uniform(1e-7, 1e-5), log_uniform(1.0, 100.0)),
+        maximize=FLAG,
     ),
-    "nadam": (
-        torch.optim.NAdam,
-        nadam,
-        st.fixed_dictionaries(
-            dict(
-                lr=LR,
-                betas=BETAS,
-                eps=EPS,
-                weight_decay=WD,
-                momentum_decay=log_uniform(1e-3, 1e-2),
-                decoupled_weight_decay=FLAG,
-                maximize=FLAG,
-            )
-        ),
-        True,
-    ),
-    "radam": (
-        torch.optim.RAdam,
-        radam,
-        st.fixed_dictionaries(
-            dict(
-                lr=LR,
-                betas=BETAS,
-                eps=EPS,
-                weight_decay=WD,
-                decoupled_weight_decay=FLAG,
-                maximize=FLAG,
-            )
-        ),
-        True,
-    ),
-    "asgd": (
-        torch.optim.ASGD,
-        asgd,
-        st.fixed_dictionaries(
-            dict(
-                lr=LR,
-                lambd=zero_or(log_uniform(1e-5, 1e-2)),
-                alpha=st.floats(0.5, 1.0),
-                t0=st.integers(1, 10).map(float),
-                weight_decay=WD,
-                maximize=FLAG,
-            )
-        ),
-        True,
-    ),
-    "rprop": (
-        torch.optim.Rprop,
-        rprop,
-        st.fixed_dictionaries(
-            dict(
-                lr=LR,
-                etas=st.tuples(st.floats(0.1, 0.9), st.floats(1.05, 2.0)),
-                step_sizes=st.tuples(log_uniform(1e-7, 1e-5), log_uniform(1.0, 100.0)),
-                maximize=FLAG,
-            )
-        ),
-        True,
-    ),
-    "adafactor": (
-        torch.optim.Adafactor,
-        adafactor,
-        st.fixed_dictionaries(
-            dict(
-                lr=LR,
-                beta2_decay=st.floats(-1.0, -0.5),
-                eps=st.tuples(st.just(None), log_uniform(1e-4, 1e-2)),
-                d=st.floats(1.0, 4.0),
-                weight_decay=WD,
-                maximize=FLAG,
-            )
-        ),
-        False,
+    "Adafactor": dict(
+        lr=LR,
+        beta2_decay=st.floats(-1.0, -0.5),
+        eps=st.tuples(st.just(None), log_uniform(1e-4, 1e-2)),
+        d=st.floats(1.0, 4.0),
+        weight_decay=WD,
+        maximize=FLAG,
     ),
 }
 
@@ -237,15 +133,19 @@ def shapes(min_dim=0):
 
 
 # torch's Adafactor divides by the element count (ZeroDivisionError on an empty parameter)
-MIN_DIM = {"adafactor": 1}
+MIN_DIM = {"Adafactor": 1}
+COMPLEX_SUPPORT = {name: cplx for name, _, cplx in optimizer_table()}
 REAL = (torch.float64, torch.float32)
 COMPLEX = (torch.complex128,)
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_random_configurations_match_torch(name):
-    torch_cls, ju_fn, kwargs_strategy, supports_complex = OPTIMIZERS[name]
-    dtypes = REAL + (COMPLEX if supports_complex else ())
+    torch_cls, ju_fn = getattr(torch.optim, name), optimizer_fn_for(name)
+    kwargs_strategy = OPTIMIZERS[name]
+    if isinstance(kwargs_strategy, dict):
+        kwargs_strategy = st.fixed_dictionaries(kwargs_strategy)
+    dtypes = REAL + (COMPLEX if COMPLEX_SUPPORT[name] else ())
 
     @SETTINGS
     @given(

@@ -11,7 +11,7 @@ import torch
 from jaxupdate.optim.radam import radam
 from jaxupdate.transforms.nadam_radam import TorchRAdamState, radam_rho
 from tests import parity as P
-from tests.oracle import run_jax_states, run_torch_states
+from tests.oracle import states_every_step
 
 TORCH_CLS = torch.optim.RAdam
 
@@ -20,16 +20,8 @@ TORCH_CLS = torch.optim.RAdam
 def test_state_matches_torch(dtype):
     """step, exp_avg and exp_avg_sq after every step (complex state in torch's real view)."""
     kw = dict(lr=0.01, weight_decay=0.1, maximize=True)
-    params, grads = P.problem(dtype, 12)
-    _, t_states = run_torch_states(TORCH_CLS, kw, params, grads, dtype)
-    _, j_states = run_jax_states(radam(**kw), params, grads, dtype)
-    for ts, js in zip(t_states, j_states, strict=True):
-        s = P.find_state(js, TorchRAdamState)
-        for leaf, t in enumerate(ts):
-            assert int(s.count) == float(t["step"])
-            for key in ("exp_avg", "exp_avg_sq"):
-                err = P.max_rel(getattr(s, key)[leaf], P.as_real(t[key]))
-                assert err <= P.TOL[torch.float64], (key, err)
+    keys = ("exp_avg", "exp_avg_sq")
+    states_every_step(TORCH_CLS, radam, kw, TorchRAdamState, keys, dtype, 12)
 
 
 @pytest.mark.parametrize("betas", [(0.9, 0.0), (0.9, 0.5), (0.0, 0.99)])
@@ -67,56 +59,6 @@ def test_rho_float32_has_no_cancellation():
     b = np.float32(0.999)
     naive = (np.float32(2) / (1 - b) - 1) - 2 * np.float32(6) * b**6 / (1 - b**6)
     assert abs(float(naive) - torch_rho(0.999, 6.0)[1]) > 1e-5
-
-
-def test_jit_scan_no_python_flags():
-    """The whole trajectory inside one lax.scan (state only, no Python-side flags)."""
-    kw = dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, maximize=True)
-    params, grads = P.problem(torch.float64, 30)
-    t = P.run_torch(TORCH_CLS, kw, params, grads, torch.float64)
-    j, _ = P.run_jax_scan(radam(**kw), params, grads)
-    assert P.rel_err(j, t) <= P.TOL[torch.float64]
-
-
-def test_schedules_match_torch_group_values():
-    """lr and betas as schedules equal setting torch's group values before each step."""
-    def lr_at(c):
-        return 0.02 * 0.9**c
-
-    def beta1_at(c):
-        return 0.9 - 0.01 * c
-
-    def beta2_at(c):
-        return 0.99 - 0.001 * c
-
-    params, grads = P.problem(torch.float64, 20)
-    t, _ = run_torch_states(
-        TORCH_CLS, dict(lr=lr_at(0), weight_decay=0.1), params, grads, torch.float64,
-        lambda c: dict(lr=lr_at(c), betas=(beta1_at(c), beta2_at(c))),
-    )
-    tx = radam(lr=lr_at, betas=(beta1_at, beta2_at), weight_decay=0.1)
-    assert P.rel_err(P.run_jax(tx, params, grads, torch.float64), t) <= P.TOL[torch.float64]
-
-
-def test_array_hyperparameters():
-    kw = dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)
-    params, grads = P.problem(torch.float64, 20)
-    t = P.run_torch(TORCH_CLS, kw, params, grads, torch.float64)
-    j = P.run_jax(radam(**P.array_kwargs(kw)), params, grads, torch.float64)
-    assert P.rel_err(j, t) <= P.TOL[torch.float64]
-
-
-def test_without_params():
-    """update(grads, state) without params: the same step up to rounding (one add less)."""
-    P.assert_without_params(TORCH_CLS, radam, dict(lr=0.01, maximize=True))
-    with pytest.raises(ValueError, match="needs the current parameters"):
-        tx = radam(weight_decay=0.1, decoupled_weight_decay=True)
-        tx.update([jnp.ones(2)], tx.init([jnp.ones(2)]))
-
-
-def test_float32_without_x64():
-    kw = dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, betas=(0.9, 0.99))
-    P.assert_float32_without_x64(TORCH_CLS, radam, kw)
 
 
 def test_float_and_array_betas_mix_like_torch():

@@ -19,19 +19,16 @@ from jax.experimental import sparse
 from torch.testing._internal import common_optimizers as co
 
 from jaxupdate.optim.sparse_adam import SparseAdamState, sparse_adam
-from tests.parity import TOL, TORCH_ONLY_KWARGS, assert_signature_matches, to_jax_kwargs
+from tests.parity import (
+    JAX_DTYPE,
+    TOL,
+    TORCH_ONLY_KWARGS,
+    assert_signature_matches,
+    to_jax_kwargs,
+)
 
-JAX_DTYPE = {torch.float64: jnp.float64, torch.float32: jnp.float32}
-
-
-@pytest.fixture(autouse=True)
-def _torch_one_thread():
-    """torch on one thread here: its OpenMP workers spin-wait for milliseconds per kernel when
-    other processes share the cores (these problems are tiny; results do not depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny problems: torch's OpenMP workers would only spin-wait (see tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # Parameters: an embedding table (row-sparse gradients: one dense row per looked-up id), a

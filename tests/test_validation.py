@@ -10,13 +10,11 @@ applies that change, ``WIRED`` is False and :func:`make` wraps the public constr
 ``validate_inputs`` itself (for ``assemble``-built optimizers exactly what the change does:
 the check outermost, around the complex view). After the change set ``WIRED = True``: every
 test then runs against the real ``ju.<optimizer>`` unchanged, and
-``test_every_optimizer_validates`` checks the wiring. Likewise for the ``_hparams.resolve``
-patch (schedules returning non-scalars): detected by behaviour, see ``resolve_checked``.
+``test_every_optimizer_validates`` checks the wiring. Schedules returning non-scalars are
+rejected by ``jaxupdate._hparams.resolve`` itself.
 """
 
 from __future__ import annotations
-
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +23,6 @@ import optax
 import pytest
 
 import jaxupdate as ju
-from jaxupdate import _hparams
 from jaxupdate.transforms.validate import OptimizerInputError, check_same_layout, validate_inputs
 
 WIRED = True  # the lead sets True once validate_inputs is in assemble / asgd / adafactor / muon
@@ -241,47 +238,11 @@ def test_every_optimizer_validates():
             tx.update(bad, state, params)
 
 
-# --- schedules returning a non-scalar: the check belongs in jaxupdate._hparams.resolve ----
-
-
-def _resolve_checks_schedules() -> bool:
-    try:
-        _hparams.resolve(lambda count: jnp.ones(3), jnp.zeros([], jnp.int32))
-    except ValueError:
-        return True
-    except TypeError:  # jnp.reshape's "cannot reshape array of shape (3,)" before the patch
-        return False
-    return False
-
-
-def _proposed_resolve(h, count):
-    """The patch proposed for ``jaxupdate._hparams.resolve`` (used only until it is applied)."""
-    if _hparams.is_number(h):
-        return float(h)
-    if _hparams.is_schedule(h):
-        value = h(count)
-        if np.size(value) != 1:
-            raise ValueError(
-                f"schedule {getattr(h, '__name__', h)!r} returned a value of shape "
-                f"{np.shape(value)}: a schedule must return a scalar (or a 1-element array)"
-            )
-        h = value
-    return jnp.reshape(jnp.asarray(h, dtype=_hparams.scalar_dtype()), ())
-
-
-@pytest.fixture
-def resolve_checked(monkeypatch):
-    if not _resolve_checks_schedules():
-        original = _hparams.resolve
-        for mod in list(sys.modules.values()):
-            if getattr(mod, "__name__", "").startswith("jaxupdate") and (
-                getattr(mod, "resolve", None) is original
-            ):
-                monkeypatch.setattr(mod, "resolve", _proposed_resolve)
+# --- schedules returning a non-scalar: jaxupdate._hparams.resolve rejects them --------------
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "rmsprop", "nadam"])
-def test_schedule_returning_non_scalar(resolve_checked, name):
+def test_schedule_returning_non_scalar(name):
     params = tree()
     tx = make(name, lr=lambda count: 0.01 * jnp.ones(3))
     state = tx.init(params)
