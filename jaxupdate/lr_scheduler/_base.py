@@ -145,14 +145,16 @@ TORCH_SCHEDULERS: dict = {}
 
 
 def torch_scheduler(cls):
-    """Class decorator: ``cls.from_torch`` converts the torch schedulers named ``cls.torch_name``.
+    """Class decorator: ``cls.from_torch`` converts the torch schedulers of ``cls``'s name,
+    which is torch's class name (set as ``cls.torch_name``).
 
     Example::
 
         >>> from jaxupdate.lr_scheduler._base import TORCH_SCHEDULERS
-        >>> TORCH_SCHEDULERS["StepLR"].__name__
+        >>> TORCH_SCHEDULERS["StepLR"].torch_name
         'StepLR'
     """
+    cls.torch_name = cls.__name__
     if cls.torch_name in TORCH_SCHEDULERS:
         raise ValueError(f"two schedule classes for torch's {cls.torch_name}")
     TORCH_SCHEDULERS[cls.torch_name] = cls

@@ -51,8 +51,6 @@ class _Factor(Schedule):
 
 @torch_scheduler
 class LambdaLR(SelfSetting):
-    torch_name = "LambdaLR"
-
     @classmethod
     def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
         """Converts a torch ``LambdaLR``: see :meth:`Schedule.from_torch`."""
@@ -105,8 +103,6 @@ def lambda_lr(lr, lr_lambda: Callable) -> Schedule:
 
 @torch_scheduler
 class MultiplicativeLR(Schedule):
-    torch_name = "MultiplicativeLR"
-
     @classmethod
     def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
         """Converts a torch ``MultiplicativeLR``: see :meth:`Schedule.from_torch`."""
@@ -162,8 +158,6 @@ def multiplicative_lr(lr, lr_lambda: Callable) -> Schedule:
 
 @torch_scheduler
 class StepLR(_Factor):
-    torch_name = "StepLR"
-
     @classmethod
     def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
         """Converts a torch ``StepLR``: see :meth:`Schedule.from_torch`."""
@@ -214,8 +208,6 @@ def step_lr(lr, step_size: int, gamma: float = 0.1) -> Schedule:
 
 @torch_scheduler
 class MultiStepLR(_Factor):
-    torch_name = "MultiStepLR"
-
     @classmethod
     def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
         """Converts a torch ``MultiStepLR``: see :meth:`Schedule.from_torch`."""
@@ -279,8 +271,6 @@ def multi_step_lr(lr, milestones, gamma: float = 0.1) -> Schedule:
 
 @torch_scheduler
 class ConstantLR(_Factor):
-    torch_name = "ConstantLR"
-
     @classmethod
     def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
         """Converts a torch ``ConstantLR``: see :meth:`Schedule.from_torch`."""
@@ -357,8 +347,6 @@ def constant_lr(lr, factor: float = 1.0 / 3, total_iters: int = 5) -> Schedule:
 
 @torch_scheduler
 class LinearLR(_Factor):
-    torch_name = "LinearLR"
-
     @classmethod
     def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
         """Converts a torch ``LinearLR``: see :meth:`Schedule.from_torch`."""
@@ -442,8 +430,6 @@ def linear_lr(
 
 @torch_scheduler
 class ExponentialLR(_Factor):
-    torch_name = "ExponentialLR"
-
     @classmethod
     def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
         """Converts a torch ``ExponentialLR``: see :meth:`Schedule.from_torch`."""
@@ -486,8 +472,6 @@ def exponential_lr(lr, gamma: float) -> Schedule:
 
 @torch_scheduler
 class PolynomialLR(_Factor):
-    torch_name = "PolynomialLR"
-
     @classmethod
     def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
         """Converts a torch ``PolynomialLR``: see :meth:`Schedule.from_torch`."""

@@ -53,8 +53,6 @@ def _is_composite(s) -> bool:
 
 @torch_scheduler
 class SequentialLR(Schedule):
-    torch_name = "SequentialLR"
-
     @classmethod
     def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
         """Converts a torch ``SequentialLR``: see :meth:`Schedule.from_torch`."""
@@ -219,8 +217,6 @@ def sequential_lr(lr, schedulers: Sequence[Schedule], milestones: Sequence[int])
 
 @torch_scheduler
 class ChainedScheduler(Schedule):
-    torch_name = "ChainedScheduler"
-
     @classmethod
     def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
         """Converts a torch ``ChainedScheduler``: see :meth:`Schedule.from_torch`."""

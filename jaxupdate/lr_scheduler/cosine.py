@@ -20,8 +20,6 @@ from jaxupdate.numerics import unfused
 
 @torch_scheduler
 class CosineAnnealingLR(Schedule):
-    torch_name = "CosineAnnealingLR"
-
     @classmethod
     def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
         """Converts a torch ``CosineAnnealingLR``: see :meth:`Schedule.from_torch`."""
@@ -108,7 +106,6 @@ def _restart_position(t, T_0: int, T_mult: int):
 class CosineAnnealingWarmRestarts(SelfSetting):
     # Restarted by SequentialLR, torch's get_lr runs with T_cur still 0 from construction:
     # _value(0), which SelfSetting._restart gives.
-    torch_name = "CosineAnnealingWarmRestarts"
 
     @classmethod
     def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):

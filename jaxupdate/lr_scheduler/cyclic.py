@@ -24,8 +24,6 @@ from jaxupdate.numerics import unfused
 
 @torch_scheduler
 class CyclicLR(SelfSetting):
-    torch_name = "CyclicLR"
-
     @classmethod
     def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
         """Converts a torch ``CyclicLR``: see :meth:`Schedule.from_torch`."""
@@ -193,8 +191,6 @@ def cyclic_lr(
 
 @torch_scheduler
 class OneCycleLR(SelfSetting):
-    torch_name = "OneCycleLR"
-
     @classmethod
     def from_torch(cls, s, g: int, group: dict, *, base, probe: int = 0, convert=None):
         """Converts a torch ``OneCycleLR``: see :meth:`Schedule.from_torch`."""

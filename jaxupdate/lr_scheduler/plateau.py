@@ -27,7 +27,6 @@ class PlateauState(NamedTuple):
 class ReduceLROnPlateau:
     """See :func:`reduce_lr_on_plateau`."""
 
-    torch_name = "ReduceLROnPlateau"
     momentum = None
     #: False (``per_epoch``): ``tx.update`` leaves the plateau alone, ``step_plateau`` steps it
     on_update = True
