@@ -245,7 +245,17 @@ def state_converters(fn: Callable, export: Callable, load: Callable) -> None:
 
 def declaration(fn_or_class) -> Optional[TorchOptimizer]:
     """The :class:`TorchOptimizer` of an optimizer function, a torch class or its name; ``None``
-    when there is none."""
+    when there is none.
+
+    Example::
+
+        >>> import jaxupdate as ju
+        >>> from jaxupdate._described import declaration
+        >>> declaration("Adagrad").fn is ju.adagrad, declaration(ju.adagrad).constructor_only
+        (True, ('initial_accumulator_value',))
+        >>> declaration(lambda lr=0.1: None) is None
+        True
+    """
     if isinstance(fn_or_class, str):
         return _BY_CLASS.get(fn_or_class)
     if isinstance(fn_or_class, type):
@@ -261,8 +271,16 @@ def declarations() -> tuple:
 
 
 def state_names() -> dict:
-    """``{state NamedTuple class name: human name}`` of the declared states, e.g.
-    ``TorchAdamState -> "Adam/AdamW"`` (for error messages about a state)."""
+    """``{state NamedTuple class name: human name}`` of the declared states (for error
+    messages about a state).
+
+    Example::
+
+        >>> from jaxupdate._described import state_names
+        >>> names = state_names()
+        >>> names["TorchAdamState"], names["TorchMomentumState"]
+        ('Adam/AdamW', 'SGD with momentum')
+    """
     names: dict = {}
     for d in declarations():
         if d.state is not None:
