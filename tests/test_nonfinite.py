@@ -43,7 +43,7 @@ INF_PARAM = pytest.mark.xfail(strict=True, reason=(
     "transforms/common.py (scale_by_learning_rate) and transforms/asgd.py"))
 RPROP_SIGN = pytest.mark.xfail(strict=True, reason=(
     "torch.sign(NaN) is 0 (Rprop then leaves that element still); jnp.sign(NaN) is NaN. "
-    "Fix: torch_sign in transforms/adaptive.py torch_rprop"))
+    "Fix: torch_sign in transforms/adaptive.py torch_rprop_update"))
 ADAFACTOR_MAX = pytest.mark.xfail(strict=True, reason=(
     "torch computes alpha = max(eps2, rms(param)) and denom = max(1.0, rms(update) / d) with "
     "Python's max, which returns the first argument when the second is NaN; jnp.maximum "

@@ -9,7 +9,7 @@ from jaxupdate import transforms as T
 from jaxupdate._described import described
 from jaxupdate._hparams import is_static_zero, normalize
 from jaxupdate.optim._base import assemble, check_lr, check_nonneg
-from jaxupdate.transforms.asgd import TorchASGDState, torch_asgd
+from jaxupdate.transforms.asgd import TorchASGDState, torch_asgd_update
 from jaxupdate.transforms.validate import validate_inputs
 
 
@@ -75,7 +75,7 @@ def asgd(
     return validate_inputs(optax.chain(
         assemble(*on_grads) if any(on_grads) else optax.identity(),
         # outside complex_as_real: ax keeps the parameters' dtype (complex stays complex)
-        torch_asgd(lr, lambd, alpha, t0),
+        torch_asgd_update(lr, lambd, alpha, t0),
     ))
 
 

@@ -16,8 +16,8 @@ from jaxupdate.transforms.muon import (
     DEFAULT_C,
     DEFAULT_NS_STEPS,
     EPS,
-    scale_by_muon_lr,
     scale_by_torch_muon,
+    torch_muon_update,
 )
 from jaxupdate.transforms.validate import validate_inputs
 
@@ -101,5 +101,5 @@ def muon(
         require_matrices("Muon"),
         reject_complex("Muon"),
         scale_by_torch_muon(momentum_n, nesterov, coefficients, eps_n, int(ns_steps)),
-        scale_by_muon_lr(lr_n, weight_decay_n, adjust_lr_fn),
+        torch_muon_update(lr_n, weight_decay_n, adjust_lr_fn),
     ))

@@ -2,7 +2,7 @@
 
 ``scale_by_torch_factored_rms`` keeps the factored second moment (row and column means of
 ``g * g`` over the last two axes for leaves with ``ndim >= 2``, the full ``g * g`` otherwise)
-and returns ``g / sqrt(v_hat)``; ``scale_by_torch_adafactor_step`` turns that into the
+and returns ``g / sqrt(v_hat)``; ``torch_adafactor_update`` turns that into the
 parameter change: relative step size, update clipping by ``d`` and decoupled weight decay.
 """
 
@@ -116,7 +116,7 @@ class TorchAdafactorStepState(NamedTuple):
     count: jax.Array
 
 
-def scale_by_torch_adafactor_step(
+def torch_adafactor_update(
     lr=1e-2, eps2=1e-3, d=1.0, weight_decay=0.0
 ) -> optax.GradientTransformationExtraArgs:
     """Adafactor's parameter change from ``U`` (the output of the factored RMS block).

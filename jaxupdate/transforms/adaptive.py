@@ -44,7 +44,7 @@ class TorchAdagradState(NamedTuple):
     sum: optax.Updates
 
 
-def torch_adagrad(
+def torch_adagrad_update(
     lr=1e-2, lr_decay=0.0, eps=1e-10, initial_accumulator_value=0.0
 ) -> optax.GradientTransformationExtraArgs:
     """Adagrad's update ``-clr * g / (sqrt(sum) + eps)`` with torch's decayed learning rate.
@@ -140,7 +140,9 @@ class TorchAdamaxState(NamedTuple):
     exp_inf: optax.Updates
 
 
-def torch_adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8) -> optax.GradientTransformationExtraArgs:
+def torch_adamax_update(
+    lr=2e-3, betas=(0.9, 0.999), eps=1e-8
+) -> optax.GradientTransformationExtraArgs:
     """Adamax's update ``-lr / (1 - beta1**t) * exp_avg / exp_inf``.
 
     ``exp_avg.lerp_(g, 1 - beta1)``; ``exp_inf = max(exp_inf * beta2, |g| + eps)`` (eps inside
@@ -182,7 +184,7 @@ class TorchRpropState(NamedTuple):
     step_size: optax.Updates
 
 
-def torch_rprop(
+def torch_rprop_update(
     lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)
 ) -> optax.GradientTransformationExtraArgs:
     """Rprop's update ``-sign(g) * step_size`` with torch's sign-change rule.

@@ -40,7 +40,9 @@ def _like(x_real, ref):
     return jax.lax.complex(x_real[..., 0], x_real[..., 1]) if jnp.iscomplexobj(ref) else x_real
 
 
-def torch_asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6) -> optax.GradientTransformationExtraArgs:
+def torch_asgd_update(
+    lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6
+) -> optax.GradientTransformationExtraArgs:
     """ASGD's parameter step and averaging; the output is ``new_param - param``.
 
     With ``t = count + 1`` (``eta`` starts at ``lr``, ``mu`` at 1, ``ax`` at 0)::
@@ -102,4 +104,4 @@ def torch_asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6) -> optax.GradientTransfo
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-__all__ = ["TorchASGDState", "torch_asgd"]
+__all__ = ["TorchASGDState", "torch_asgd_update"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple, Optional
 
 import jax
@@ -37,13 +38,40 @@ def scale_by_torch_adam(
 
     ``m.lerp_(g, 1 - beta1)``; ``v = v * beta2 + (1 - beta2) * g * g``; with ``amsgrad`` the
     running maximum is taken of the raw ``v`` (before bias correction, unlike optax's
-    ``amsgrad``), then bias-corrected. Bias corrections use ``step = count + 1``.
+    ``amsgrad``), then bias-corrected. Bias corrections use ``step = count + 1``. Follow it
+    with ``scale_by_learning_rate(lr)``; :func:`torch_adam_update` rounds ``lr`` as torch does.
+    ``lr=`` is deprecated: it returns :func:`torch_adam_update`.
 
-    With ``lr``, the output is torch's step itself, ``((-lr / bc1) * m) / denom`` with
-    ``denom = sqrt(v) / sqrt(bc2) + eps`` (``param.addcdiv_(exp_avg, denom, value=-lr / bc1)``,
-    each operation rounded as torch's CPU kernels: see ``numerics.addcdiv_term``), for
-    ``apply_updates`` to add; follow it with ``scale_by_learning_rate(lr, applied=True)``.
+    Example: ``optax.chain(scale_by_torch_adam(), scale_by_learning_rate(1e-3))``.
     """
+    if lr is not None:
+        _deprecated("scale_by_torch_adam(lr=...)", "torch_adam_update(lr, ...)")
+        return torch_adam_update(lr, betas, eps, amsgrad)
+    return _torch_adam(None, betas, eps, amsgrad)
+
+
+def torch_adam_update(
+    lr=1e-3, betas=(0.9, 0.999), eps=1e-8, amsgrad: bool = False
+) -> optax.GradientTransformationExtraArgs:
+    """Adam's update, ``lr`` included: ``((-lr / bc1) * m) / denom``, ``_single_tensor_adam``.
+
+    ``denom = sqrt(v) / sqrt(bc2) + eps`` (``v``: the running maximum with ``amsgrad``), as
+    :func:`scale_by_torch_adam`; the output is torch's step itself,
+    ``param.addcdiv_(exp_avg, denom, value=-lr / bc1)``, each operation rounded as torch's CPU
+    kernels (see ``numerics.addcdiv_term``), for ``apply_updates`` to add. ``lr`` must sit
+    inside the ``addcdiv_`` (multiplied before the division) to give torch's rounding, which
+    a direction followed by ``scale_by_learning_rate`` cannot.
+
+    Example: ``optax.chain(torch_adam_update(1e-3))`` is Adam without weight decay.
+    """
+    return _torch_adam(lr, betas, eps, amsgrad)
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)
+
+
+def _torch_adam(lr, betas, eps, amsgrad):
     beta1, beta2 = betas
 
     def init_fn(params):
@@ -91,11 +119,31 @@ def scale_by_torch_rms(alpha=0.99, eps=1e-8, centered: bool = False, *, lr=None)
 
     ``square_avg = square_avg * alpha + (1 - alpha) * g * g``; with ``centered``,
     ``grad_avg.lerp_(g, 1 - alpha)`` and the variance ``square_avg - grad_avg**2`` is used.
-    With ``lr`` (RMSprop without momentum), the output is torch's step itself,
-    ``param.addcdiv_(grad, avg, value=-lr)``: ``(-lr * g) / avg``; follow it with
-    ``scale_by_learning_rate(lr, applied=True)``.
-    """
+    RMSprop with momentum follows it with ``scale_by_torch_momentum`` and
+    ``scale_by_learning_rate(lr)``; without momentum use :func:`torch_rmsprop_update`.
+    ``lr=`` is deprecated: it returns :func:`torch_rmsprop_update`.
 
+    Example: ``optax.chain(scale_by_torch_rms(), scale_by_learning_rate(1e-2))``.
+    """
+    if lr is not None:
+        _deprecated("scale_by_torch_rms(lr=...)", "torch_rmsprop_update(lr, ...)")
+        return torch_rmsprop_update(lr, alpha, eps, centered)
+    return _torch_rms(None, alpha, eps, centered)
+
+
+def torch_rmsprop_update(lr=1e-2, alpha=0.99, eps=1e-8, centered: bool = False):
+    """RMSprop's update without momentum, ``lr`` included: ``(-lr * g) / avg``.
+
+    ``avg = sqrt(square_avg [- grad_avg**2]) + eps`` as in :func:`scale_by_torch_rms`; the
+    output is torch's step itself, ``param.addcdiv_(grad, avg, value=-lr)`` (``lr``
+    multiplied before the division, as torch rounds it), for ``apply_updates`` to add.
+
+    Example: ``optax.chain(torch_rmsprop_update(1e-2))`` is RMSprop without momentum.
+    """
+    return _torch_rms(lr, alpha, eps, centered)
+
+
+def _torch_rms(lr, alpha, eps, centered):
     def init_fn(params):
         zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
         return TorchRMSState(init_count(), zeros(), zeros() if centered else None)

@@ -18,7 +18,7 @@ class TorchMomentumState(NamedTuple):
     momentum_buffer: optax.Updates
 
 
-def torch_momentum(
+def scale_by_torch_momentum(
     momentum, dampening=0.0, nesterov: bool = False, *, first_step_copies: bool = True
 ) -> optax.GradientTransformationExtraArgs:
     """torch's momentum buffer.

@@ -1,7 +1,7 @@
 """Muon's building blocks in torch's operation order (``torch/optim/_muon.py``).
 
 ``scale_by_torch_muon`` keeps the momentum buffer and orthogonalizes the (Nesterov) momentum
-with torch's bfloat16 Newton-Schulz iteration; ``scale_by_muon_lr`` applies decoupled weight
+with torch's bfloat16 Newton-Schulz iteration; ``torch_muon_update`` applies decoupled weight
 decay and the shape-adjusted learning rate.
 """
 
@@ -164,7 +164,7 @@ class ScaleByMuonLrState(NamedTuple):
     count: jax.Array
 
 
-def scale_by_muon_lr(lr=1e-3, weight_decay=0.1, adjust_lr_fn: Optional[str] = None):
+def torch_muon_update(lr=1e-3, weight_decay=0.1, adjust_lr_fn: Optional[str] = None):
     """Muon's parameter change from direction ``O``, torch's last two lines::
 
         param = param * (1 - lr * weight_decay)

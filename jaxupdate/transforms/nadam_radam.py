@@ -61,7 +61,7 @@ class TorchNAdamState(NamedTuple):
     exp_avg_sq: optax.Updates
 
 
-def scale_by_torch_nadam(
+def torch_nadam_update(
     lr, betas=(0.9, 0.999), eps=1e-8, momentum_decay=4e-3, decoupled_weight_decay=None
 ) -> optax.GradientTransformationExtraArgs:
     """NAdam's update as in ``_single_tensor_nadam`` (``lr`` and decoupled decay included).
@@ -195,7 +195,7 @@ def radam_rho(beta2, step):
     return rho_inf, (2.0 / lam) * q + r
 
 
-def scale_by_torch_radam(
+def torch_radam_update(
     lr, betas=(0.9, 0.999), eps=1e-8, decoupled_weight_decay=None
 ) -> optax.GradientTransformationExtraArgs:
     """RAdam's update as in ``_single_tensor_radam`` (``lr`` and decoupled decay included).
@@ -271,6 +271,6 @@ __all__ = [
     "TorchNAdamState",
     "TorchRAdamState",
     "radam_rho",
-    "scale_by_torch_nadam",
-    "scale_by_torch_radam",
+    "torch_nadam_update",
+    "torch_radam_update",
 ]
