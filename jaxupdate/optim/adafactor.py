@@ -12,6 +12,7 @@ from jaxupdate.transforms.adafactor import (
     torch_adafactor_update,
 )
 from jaxupdate.transforms.checks import reject_complex
+from jaxupdate.transforms.common import counted_chain
 from jaxupdate.transforms.common import maximize as maximize_block
 from jaxupdate.transforms.validate import validate_inputs
 
@@ -108,4 +109,4 @@ def adafactor(
         scale_by_torch_factored_rms(beta2_decay_n, eps1),
         torch_adafactor_update(lr_n, eps2_n, d_n, weight_decay_n),
     ]
-    return validate_inputs(optax.chain(*[b for b in blocks if b is not None]))
+    return validate_inputs(counted_chain(*blocks))

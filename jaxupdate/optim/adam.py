@@ -19,7 +19,6 @@ def _adam_chain(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weigh
         T.maximize() if maximize else None,
         T.add_weight_decay(weight_decay) if decay and not decoupled_weight_decay else None,
         T.torch_adam_update(lr, betas, eps, amsgrad),
-        T.scale_by_learning_rate(lr, applied=True),
         T.decoupled_weight_decay(lr, weight_decay) if decay and decoupled_weight_decay else None,
     ))
 

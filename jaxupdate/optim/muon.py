@@ -10,6 +10,7 @@ from jaxupdate._described import described
 from jaxupdate._hparams import normalize
 from jaxupdate.optim._base import check
 from jaxupdate.transforms.checks import reject_complex, require_matrices
+from jaxupdate.transforms.common import counted_chain
 from jaxupdate.transforms.muon import (
     DEFAULT_A,
     DEFAULT_B,
@@ -97,7 +98,7 @@ def muon(
         normalize(x, f"ns_coefficients[{i}]") for i, x in enumerate(ns_coefficients)
     )
     eps_n = normalize(eps, "eps")
-    return validate_inputs(optax.chain(
+    return validate_inputs(counted_chain(
         require_matrices("Muon"),
         reject_complex("Muon"),
         scale_by_torch_muon(momentum_n, nesterov, coefficients, eps_n, int(ns_steps)),

@@ -68,7 +68,7 @@ def rmsprop(
         # torch: `if momentum > 0` with a zero-initialised buffer, no first-step copy
         None if is_static_zero(momentum)
         else T.scale_by_torch_momentum(momentum, first_step_copies=False),
-        T.scale_by_learning_rate(lr, applied=is_static_zero(momentum)),
+        None if is_static_zero(momentum) else T.scale_by_learning_rate(lr),
     )
     spec = rmsprop_spec(lr, alpha, eps, weight_decay, momentum, centered, maximize)
     return with_fused(fused, spec, tx)

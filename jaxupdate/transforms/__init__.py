@@ -14,13 +14,18 @@ Names say what a block returns:
   the gradient), ``scale_by_learning_rate`` (direction to update), ``decoupled_weight_decay``
   (on the update).
 
+One step count per optimizer: :func:`counted_chain` (what every optimizer is built with)
+keeps torch's ``step`` as the last element of its state and passes it to each block as
+``update(..., count=)``; the blocks keep no count of their own. A block used alone in an
+``optax.chain`` keeps one only when it needs it (a schedule, a bias correction), as optax's
+``scale_by_learning_rate`` does. Read it with :func:`step_count`.
+
 The old names ``scale_by_torch_nadam``, ``scale_by_torch_radam``, ``torch_adagrad``,
 ``torch_adamax``, ``torch_rprop``, ``torch_asgd``, ``torch_momentum``, ``scale_by_muon_lr`` and
 ``scale_by_torch_adafactor_step`` remain as deprecated aliases (a ``DeprecationWarning``).
 """
 
 import functools as _functools
-import warnings as _warnings
 
 from jaxupdate.transforms.adafactor import (
     TorchAdafactorState,
@@ -44,10 +49,15 @@ from jaxupdate.transforms.common import (
     CountState,
     add_weight_decay,
     complex_as_real,
+    counted_chain,
     decoupled_weight_decay,
     maximize,
     scale_by_learning_rate,
+    step_count,
+    uncounted,
+    with_step_count,
 )
+from jaxupdate.transforms.common import warn_deprecated as _warn_deprecated
 from jaxupdate.transforms.moments import (
     TorchAdamState,
     TorchRMSState,
@@ -79,11 +89,7 @@ def _renamed(new, old: str):
 
     @_functools.wraps(new)
     def alias(*args, **kwargs):
-        _warnings.warn(
-            f"jaxupdate.transforms.{old} is deprecated: use {new.__name__}",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+        _warn_deprecated(f"jaxupdate.transforms.{old}", new.__name__)
         return new(*args, **kwargs)
 
     alias.__name__ = alias.__qualname__ = old
@@ -119,11 +125,15 @@ __all__ = [
     # gradient / update modifiers
     "add_weight_decay",
     "complex_as_real",
+    "counted_chain",
     "decoupled_weight_decay",
     "maximize",
     "reject_complex",
     "require_matrices",
     "scale_by_learning_rate",
+    "step_count",
+    "uncounted",
+    "with_step_count",
     # directions (no lr)
     "scale_by_torch_adadelta",
     "scale_by_torch_adam",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple, Optional
 
 import jax
@@ -21,11 +20,10 @@ from jaxupdate.numerics import (
     step_float,
     true_divide,
 )
-from jaxupdate.transforms.common import init_count
+from jaxupdate.transforms.common import block, chain_count, schedules_in, warn_deprecated
 
 
 class TorchAdamState(NamedTuple):
-    count: jax.Array
     exp_avg: optax.Updates
     exp_avg_sq: optax.Updates
     max_exp_avg_sq: Optional[optax.Updates]
@@ -45,7 +43,7 @@ def scale_by_torch_adam(
     Example: ``optax.chain(scale_by_torch_adam(), scale_by_learning_rate(1e-3))``.
     """
     if lr is not None:
-        _deprecated("scale_by_torch_adam(lr=...)", "torch_adam_update(lr, ...)")
+        warn_deprecated("scale_by_torch_adam(lr=...)", "torch_adam_update(lr, ...)")
         return torch_adam_update(lr, betas, eps, amsgrad)
     return _torch_adam(None, betas, eps, amsgrad)
 
@@ -67,23 +65,20 @@ def torch_adam_update(
     return _torch_adam(lr, betas, eps, amsgrad)
 
 
-def _deprecated(old: str, new: str) -> None:
-    warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)
-
-
 def _torch_adam(lr, betas, eps, amsgrad):
     beta1, beta2 = betas
 
     def init_fn(params):
         zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
-        return TorchAdamState(init_count(), zeros(), zeros(), zeros() if amsgrad else None)
+        return TorchAdamState(zeros(), zeros(), zeros() if amsgrad else None)
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def update_fn(updates, state, params=None, count=None, **extra_args):
         del params, extra_args
-        b1 = resolve(beta1, state.count)
-        b2 = resolve(beta2, state.count)
-        e = resolve(eps, state.count)
-        step = step_float(state.count)
+        count = chain_count(count, "scale_by_torch_adam")
+        b1 = resolve(beta1, count)
+        b2 = resolve(beta2, count)
+        e = resolve(eps, count)
+        step = step_float(count)
         bc1 = bias_correction(b1, step)
         bc2_sqrt = jnp.sqrt(bias_correction(b2, step))
 
@@ -95,7 +90,7 @@ def _torch_adam(lr, betas, eps, amsgrad):
             nu_max = None
 
         # torch: step_size = lr / bias_correction1, in Python double precision
-        value = (1.0 / bc1) if lr is None else -(resolve(lr, state.count) / bc1)
+        value = (1.0 / bc1) if lr is None else -(resolve(lr, count) / bc1)
 
         def direction(m, v):
             # torch: (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps), a true division
@@ -103,13 +98,13 @@ def _torch_adam(lr, betas, eps, amsgrad):
             return addcdiv_term(value, m, denom)
 
         out = leaf_map(direction, mu, nu_max if amsgrad else nu)
-        return out, TorchAdamState(optax.safe_increment(state.count), mu, nu, nu_max)
+        return out, TorchAdamState(mu, nu, nu_max)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    # bias corrections read the step
+    return block(init_fn, update_fn, needs_count=True)
 
 
 class TorchRMSState(NamedTuple):
-    count: jax.Array
     square_avg: optax.Updates
     grad_avg: Optional[optax.Updates]
 
@@ -126,7 +121,7 @@ def scale_by_torch_rms(alpha=0.99, eps=1e-8, centered: bool = False, *, lr=None)
     Example: ``optax.chain(scale_by_torch_rms(), scale_by_learning_rate(1e-2))``.
     """
     if lr is not None:
-        _deprecated("scale_by_torch_rms(lr=...)", "torch_rmsprop_update(lr, ...)")
+        warn_deprecated("scale_by_torch_rms(lr=...)", "torch_rmsprop_update(lr, ...)")
         return torch_rmsprop_update(lr, alpha, eps, centered)
     return _torch_rms(None, alpha, eps, centered)
 
@@ -144,14 +139,15 @@ def torch_rmsprop_update(lr=1e-2, alpha=0.99, eps=1e-8, centered: bool = False):
 
 
 def _torch_rms(lr, alpha, eps, centered):
+
     def init_fn(params):
         zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
-        return TorchRMSState(init_count(), zeros(), zeros() if centered else None)
+        return TorchRMSState(zeros(), zeros() if centered else None)
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def update_fn(updates, state, params=None, count=None, **extra_args):
         del params, extra_args
-        a = resolve(alpha, state.count)
-        e = resolve(eps, state.count)
+        a = resolve(alpha, count)
+        e = resolve(eps, count)
         sq = leaf_map(lambda s, g: ema_square(s, g, a), state.square_avg, updates)
         if centered:
             ga = leaf_map(lambda m, g: lerp(m, g, 1.0 - a), state.grad_avg, updates)
@@ -160,8 +156,8 @@ def _torch_rms(lr, alpha, eps, centered):
         else:
             ga = None
             avg = leaf_map(jnp.sqrt, sq)
-        value = 1.0 if lr is None else -resolve(lr, state.count)
+        value = 1.0 if lr is None else -resolve(lr, count)
         out = leaf_map(lambda g, d: addcdiv_term(value, g, d + cast(e, d)), updates, avg)
-        return out, TorchRMSState(optax.safe_increment(state.count), sq, ga)
+        return out, TorchRMSState(sq, ga)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return block(init_fn, update_fn, needs_count=schedules_in(lr, alpha, eps))
