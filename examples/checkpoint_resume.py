@@ -95,7 +95,9 @@ def main(argv=None) -> int:
     params_like = jax.eval_shape(init_params)
     opt_state_like = jax.eval_shape(tx.init, params_like)
     r = checkpoint.restore(directory, params_like, opt_state_like)
-    print(f"restored step {r.step} (next batch {r.extra['next_batch']})")
+    # the optimizer's own step count (torch's `step`, what schedules read) came back with it
+    print(f"restored step {r.step} (next batch {r.extra['next_batch']}; optimizer step count "
+          f"{int(ju.transforms.step_count(r.opt_state))})")
     params, opt_state, loss = train(
         r.params, r.opt_state, make_step(tx), r.extra["next_batch"], STEPS
     )

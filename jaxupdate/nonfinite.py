@@ -90,7 +90,7 @@ def skip_nonfinite(
         >>> params = {"w": jnp.ones(2)}
         >>> state = tx.init(params)
         >>> updates, state = tx.update({"w": jnp.array([1.0, jnp.nan])}, state, params)
-        >>> updates["w"], int(state.total_notfinite), int(state.inner_state[0].count)
+        >>> updates["w"], int(state.total_notfinite), int(ju.transforms.step_count(state))
         (Array([0., 0.], dtype=float32), 1, 0)
     """
     if max_consecutive is not None and (

@@ -268,7 +268,7 @@ def init(tx, params, shardings=None):
         >>> mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
         >>> params = jax.device_put({"w": jnp.ones(4)}, NamedSharding(mesh, P()))
         >>> state = jus.init(ju.adam(), params, jus.state_sharding(ju.adam(), params))
-        >>> isinstance(state[0].count.sharding, NamedSharding)
+        >>> isinstance(ju.transforms.step_count(state).sharding, NamedSharding)
         True
     """
     if shardings is None:

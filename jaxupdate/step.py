@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from jaxupdate.fused import _specs
+from jaxupdate.transforms.common import CountState
 
 # "auto": the numba kernels when jax's default backend is the CPU, the XLA path elsewhere;
 # "xla": always the XLA path (what a GPU runs; the tests force it on CPU to check that route)
@@ -46,7 +47,10 @@ def _check(tx, spec, params, grads, opt_state):
         check_same_layout(grads, params, "grads", "params")
     try:
         fields = _specs.KERNELS[spec.kind].state(spec, opt_state)
-        ok = len(opt_state) == len(spec.blocks) and all(_layout(f) == p_layout for f in fields)
+        # the chain's state: one entry per block, then the step count
+        ok = len(opt_state) == len(spec.blocks) + 1 and all(
+            _layout(f) == p_layout for f in fields
+        )
     except (AttributeError, IndexError, TypeError, ValueError):
         ok = False
     if not ok:
@@ -115,13 +119,10 @@ def _chunk_step(name, sc, params, grads, states):
 
 
 def _counts_only(opt_state):
-    """The chain state with only its ``count`` fields (all the scalars depend on): passing the
-    arrays to a jitted function would cost a dispatch per array."""
-    out = []
-    for s in opt_state:
-        fields = getattr(s, "_fields", ())
-        out.append(s._replace(**{f: None for f in fields if f != "count"}) if fields else s)
-    return type(opt_state)(out)
+    """The chain state with only its step count (all the scalars depend on; the blocks'
+    states become None): passing the arrays to a jitted function would cost a dispatch per
+    array."""
+    return type(opt_state)(s if isinstance(s, CountState) else None for s in opt_state)
 
 
 @functools.lru_cache(maxsize=None)
@@ -163,10 +164,7 @@ def _eager_kernel_step(spec, params, grads, opt_state):
             new_p[i] = out_p[j]
             for f, out in zip(new_s, out_s):
                 f[i] = out[j]
-    counted = type(opt_state)(
-        s._replace(count=c.count) if "count" in getattr(s, "_fields", ()) else s
-        for s, c in zip(opt_state, new_counts)
-    )
+    counted = type(opt_state)((*opt_state[:-1], new_counts[-1]))  # the advanced step count
     new_state = k.rebuild(spec, counted, [treedef.unflatten(f) for f in new_s], increment=False)
     return treedef.unflatten(new_p), new_state
 

@@ -47,7 +47,7 @@ def states_every_step(torch_cls, ju_fn, kwargs, state_cls, keys, dtype, steps):
     for ts, js in zip(t_states, j_states, strict=True):
         s = P.find_state(js, state_cls)
         for leaf, t in enumerate(ts):
-            assert int(s.count) == float(t["step"])
+            assert int(P.step_count(js)) == float(t["step"])
             for key in keys:
                 err = P.max_rel(getattr(s, key)[leaf], P.as_real(t[key]))
                 assert err <= P.TOL[torch.float64], (key, err)

@@ -19,6 +19,7 @@ from torch.testing._internal import common_optimizers as co
 
 import jaxupdate as ju
 from jaxupdate.interop import parity as H
+from jaxupdate.transforms import step_count  # the tests read it as P.step_count too
 
 # Agreement demanded, as max |jax - torch| / max |torch| over the whole trajectory.
 # float64: rounding only. float32: under jit XLA contracts multiply-adds into FMAs (torch's CPU
@@ -291,7 +292,7 @@ def assert_state_matches(torch_cls, ju_fn, kwargs, state_cls, keys, dtype, steps
     """After ``steps`` steps, torch's state[key] equals jaxupdate's state field of that name.
 
     Complex parameters' buffers are compared in torch's ``view_as_real`` layout, the layout
-    jaxupdate keeps them in; ``count`` is compared with torch's ``step``.
+    jaxupdate keeps them in; the optimizer's step count is compared with torch's ``step``.
     """
     params, grads = problem(dtype, steps)
     opt, tp = torch_after(torch_cls, kwargs, params, grads, dtype)
@@ -305,7 +306,7 @@ def assert_state_matches(torch_cls, ju_fn, kwargs, state_cls, keys, dtype, steps
         updates, state = step([jnp.asarray(x, jdt) for x in g], state, jp)
         jp = jax.tree.map(lambda p, u: p + u, jp, updates)
     block = find_state(state, state_cls)
-    assert int(block.count) == steps
+    assert int(step_count(state)) == steps
     for i, t in enumerate(tp):
         assert float(opt.state[t]["step"]) == steps
         for key in keys:

@@ -18,6 +18,7 @@ import pytest
 from jaxupdate.checkpoint import CheckpointManager, all_steps, latest_step, restore, save
 from jaxupdate.clip_grad import clip_grad_norm
 from jaxupdate.optim.adafactor import adafactor
+from jaxupdate.optim.adagrad import adagrad
 from jaxupdate.optim.adam import adam, adamw
 from jaxupdate.optim.asgd import asgd
 from jaxupdate.optim.muon import muon
@@ -268,8 +269,11 @@ def test_torn_save_leaves_last_good_checkpoint(tmp_path, mode):
 def test_restore_rejects_a_mismatching_template(tmp_path):
     params = {"w": jnp.ones((2, 3)), "b": jnp.ones(3, jnp.float32)}
     save(tmp_path, params, adam().init(params), step=3)
-    # another optimizer's state: orbax names the path
+    # another optimizer's state of the same chain length: orbax names the path
     with pytest.raises(ValueError, match="exp_avg"):
+        restore(tmp_path, params, adagrad(0.1).init(params))
+    # a chain of another length (three entries: momentum, lr, the step count): orbax says so
+    with pytest.raises(ValueError, match="tree structures do not match"):
         restore(tmp_path, params, sgd(0.1, momentum=0.9).init(params))
     # another shape
     bad = {"w": jnp.ones((3, 2)), "b": jnp.ones(3, jnp.float32)}

@@ -128,7 +128,7 @@ def test_state_from_another_optimizer_names_both():
     sgd_state = make("sgd", lr=0.1, momentum=0.9).init(params)
     msg = raises(lambda: make("adam").update(params, sgd_state, params),
                  "opt_state does not belong to this optimizer (")
-    assert "(TorchMomentumState, CountState), the state of SGD with momentum" in msg
+    assert "(TorchMomentumState, EmptyState, CountState), the state of SGD with momentum" in msg
     assert "this optimizer's state is made of (TorchAdamState, CountState)" in msg
     adam_state = make("adam").init(params)
     msg = raises(lambda: make("rmsprop").update(params, adam_state, params),

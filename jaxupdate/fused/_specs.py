@@ -74,17 +74,22 @@ def _lerp_scalars(weight, dtype):
     return (jnp.abs(w) < 0.5).astype(dtype), w, 1 - w
 
 
+def _count(state):
+    """The optimizer's step count: the chain (``counted_chain``) state ends with it."""
+    return state[-1].count
+
+
 def _grad_scalars(spec, state, dtype, wd):
     """maximize, coupled weight decay (flag, value)."""
     b = spec.blocks
     if "wd" in b:
-        value = _c(resolve(wd, state[b.index("wd")].count), dtype)
+        value = _c(resolve(wd, _count(state)), dtype)
         return [_flag("maximize" in b, dtype), _flag(1, dtype), value]
     return [_flag("maximize" in b, dtype), _flag(0, dtype), _flag(0, dtype)]
 
 
 def _neg_lr(spec, state, lr, dtype):
-    return _c(-resolve(lr, state[spec.blocks.index("lr")].count), dtype)
+    return _c(-resolve(lr, _count(state)), dtype)
 
 
 def _stack(values, dtype, kind):
@@ -95,14 +100,13 @@ def _stack(values, dtype, kind):
 
 def adam_scalars(spec, state, dtype):
     lr, (beta1, beta2), eps, wd = spec.hparams
-    s = state[spec.blocks.index("adam")]
-    b1, b2, e = resolve(beta1, s.count), resolve(beta2, s.count), resolve(eps, s.count)
-    step = step_float(s.count)
-    # scale_by_torch_adam(lr=...): addcdiv_'s value -lr / bc1, in the scalar dtype
-    value = -(resolve(lr, state[spec.blocks.index("lr")].count) / bias_correction(b1, step))
+    c = _count(state)
+    b1, b2, e = resolve(beta1, c), resolve(beta2, c), resolve(eps, c)
+    step = step_float(c)
+    # torch_adam_update: addcdiv_'s value -lr / bc1, in the scalar dtype
+    value = -(resolve(lr, c) / bias_correction(b1, step))
     small, w, omw = _lerp_scalars(1.0 - b1, dtype)
     if "dwd" in spec.blocks:
-        c = state[spec.blocks.index("dwd")].count
         dwd = [_flag(1, dtype), _c(1.0 - resolve(lr, c) * resolve(wd, c), dtype)]
     else:
         dwd = [_flag(0, dtype), _flag(1, dtype)]
@@ -131,15 +135,12 @@ def adam_rebuild(spec, state, arrays, increment=True):
 
 
 def _advance(spec, state, replaced, increment=True):
-    """The chain state after one step: every block's ``count`` incremented (as each block's
-    ``update`` does; ``increment=False``: already done), the blocks in ``replaced``
-    (name -> new state) replaced."""
-    out = []
-    for name, s in zip(spec.blocks, state):
-        s = replaced.get(name, s)
-        if increment and "count" in getattr(s, "_fields", ()):
-            s = s._replace(count=optax.safe_increment(s.count))
-        out.append(s)
+    """The chain state after one step: the step count (its last element) incremented (as
+    ``counted_chain``'s ``update`` does; ``increment=False``: already done), the blocks in
+    ``replaced`` (name -> new state) replaced."""
+    out = [replaced.get(name, s) for name, s in zip(spec.blocks, state)]
+    count = state[-1]
+    out.append(count._replace(count=optax.safe_increment(count.count)) if increment else count)
     return type(state)(out) if not hasattr(state, "_fields") else type(state)(*out)
 
 
@@ -150,7 +151,7 @@ def _block(spec, state, name):
 def sgd_scalars(spec, state, dtype):
     lr, momentum, dampening, wd, nesterov = spec.hparams
     if "mom" in spec.blocks:
-        c = _block(spec, state, "mom").count
+        c = _count(state)
         mom = resolve(momentum, c)
         mom_part = [(c == 0).astype(dtype), _c(mom, dtype),
                     _c(1.0 - resolve(dampening, c), dtype), _flag(nesterov, dtype)]
@@ -173,7 +174,7 @@ def sgd_rebuild(spec, state, arrays, increment=True):
 
 def adagrad_scalars(spec, state, dtype):
     lr, lr_decay, eps, wd = spec.hparams
-    c = _block(spec, state, "adagrad").count
+    c = _count(state)
     # torch_adagrad: clr = lr / (1 + (step - 1) * lr_decay), in the scalar dtype
     count = jnp.asarray(c, step_float(c).dtype)
     clr = resolve(lr, c) / (1.0 + count * resolve(lr_decay, c))
@@ -193,11 +194,11 @@ def adagrad_rebuild(spec, state, arrays, increment=True):
 
 def rmsprop_scalars(spec, state, dtype):
     lr, alpha, eps, wd, momentum, centered = spec.hparams
-    c = _block(spec, state, "rms").count
+    c = _count(state)
     a = resolve(alpha, c)
     small, w, omw = _lerp_scalars(1.0 - a, dtype)
     if "mom" in spec.blocks:
-        cm = _block(spec, state, "mom").count
+        cm = c
         # torch_momentum(momentum, first_step_copies=False): dampening 0, so keep = 1.0
         mom_part = [_flag(1, dtype), _c(resolve(momentum, cm), dtype),
                     _c(1.0 - resolve(0.0, cm), dtype)]
@@ -271,8 +272,8 @@ def rmsprop_spec(lr, alpha, eps, weight_decay, momentum, centered, maximize) -> 
     from jaxupdate._hparams import is_static_zero
 
     has_mom = not is_static_zero(momentum)
-    blocks = _prefix(maximize, weight_decay) + ("rms",) + (("mom",) if has_mom else ()) + (
-        "lr",)
+    # without momentum the rms block's update includes lr (torch_rmsprop_update)
+    blocks = _prefix(maximize, weight_decay) + ("rms",) + (("mom", "lr") if has_mom else ())
     hp = (lr, alpha, eps, weight_decay, momentum, centered)
     return FusedSpec("rmsprop", blocks, hp, 1 + int(centered) + int(has_mom))
 
@@ -285,7 +286,7 @@ def adam_spec(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled) -> Fus
     lr, betas, eps, weight_decay = check_adam_hparams(lr, betas, eps, weight_decay)
     decay = not is_static_zero(weight_decay)
     blocks = (("maximize",) if maximize else ()) + (
-        ("wd",) if decay and not decoupled else ()) + ("adam", "lr") + (
+        ("wd",) if decay and not decoupled else ()) + ("adam",) + (
         ("dwd",) if decay and decoupled else ())
     return FusedSpec("adam", blocks, (lr, betas, eps, weight_decay), 3 if amsgrad else 2)
 

@@ -16,8 +16,9 @@ How a torch state_dict maps onto a jaxupdate state:
   order as leaf paths, with layout functions for flax nnx models (transposed kernels; see
   :func:`jaxupdate.interop.weights.nnx_param_map`, :func:`opt_state_into_nnx`).
 * jaxupdate's state NamedTuples name their fields after torch's state keys (``exp_avg``,
-  ``momentum_buffer``, ``square_avg``, ...), and their ``count`` (updates applied) is torch's
-  ``step``, saved as torch saves it: a 0-d tensor of torch's scalar dtype (float32). State
+  ``momentum_buffer``, ``square_avg``, ...), and the optimizer's one step count (updates
+  applied, :func:`jaxupdate.transforms.step_count`) is torch's ``step``, saved as torch
+  saves it: a 0-d tensor of torch's scalar dtype (float32). State
   that torch keeps per parameter but jaxupdate once per group (``step``, NAdam's
   ``mu_product``, ASGD's ``eta`` and ``mu``) must agree across the group's parameters.
 * Complex parameters: jaxupdate keeps their buffers as real pairs (trailing axis 2, torch's
@@ -72,6 +73,7 @@ from jaxupdate.interop import _torch as T
 from jaxupdate.interop.weights import NnxLink
 from jaxupdate.lr_scheduler.inject import plain_view
 from jaxupdate.param_groups import GroupsDescription, assign, leaf_paths
+from jaxupdate.transforms.common import CountState, step_count, with_step_count
 
 
 def _find(node, pred):
@@ -417,17 +419,15 @@ def _unknown_field_error(layout: StateLayout, where: str):
     )
 
 
-def _read_group(layout: StateLayout, gstate, container) -> tuple[list, list[dict], dict]:
-    """``(counts, per-position {key: array}, scalars {key: array})`` of one group's state."""
+def _read_group(layout: StateLayout, gstate, container) -> tuple[list[dict], dict]:
+    """``(per-position {key: array}, scalars {key: array})`` of one group's state."""
     keys, scalar_keys = _keys(layout.spec)
     treedef = jax.tree.structure(container)
     n = treedef.num_leaves
-    counts, per_param, scalars = [], [dict() for _ in range(n)], {}
+    per_param, scalars = [dict() for _ in range(n)], {}
 
     def on_field(f, v, where):
-        if f == "count":
-            counts.append(int(v))
-        elif f in keys and f != "step":
+        if f in keys and f != "step":
             if v is None:
                 return v
             if f in scalar_keys:
@@ -442,20 +442,17 @@ def _read_group(layout: StateLayout, gstate, container) -> tuple[list, list[dict
             raise _Unknown(where)
         return v
 
+    # the step count is read by step_count, not here
+    no_count = jax.tree.map(
+        lambda x: None if isinstance(x, CountState) else x,
+        gstate,
+        is_leaf=lambda x: isinstance(x, CountState),
+    )
     try:
-        _walk(gstate, on_field)
+        _walk(no_count, on_field)
     except _Unknown as e:
         raise _unknown_field_error(layout, str(e)) from None
-    return counts, per_param, scalars
-
-
-def _common_count(layout: StateLayout, counts: list, g: int) -> int:
-    if len(set(counts)) > 1:
-        raise ValueError(
-            f"param group {g} of {layout.name}: its blocks disagree on the number of updates "
-            f"applied ({sorted(set(counts))}); torch keeps one step per parameter"
-        )
-    return counts[0] if counts else 0
+    return per_param, scalars
 
 
 # ---------------------------------------------------------------------------------------------
@@ -623,6 +620,7 @@ def load_torch_state_dict(
         >>> from jaxupdate.optim.adam import adam
         >>> from jaxupdate.param_groups import param_groups
         >>> from jaxupdate.interop import load_torch_state_dict
+        >>> from jaxupdate.transforms import step_count
         >>> w = torch.nn.Parameter(torch.ones(3))
         >>> opt = torch.optim.Adam([w], lr=0.1)
         >>> w.grad = torch.ones(3); opt.step()
@@ -630,7 +628,7 @@ def load_torch_state_dict(
         >>> params = [jnp.asarray(w.detach().numpy())]
         >>> state = load_torch_state_dict(tx, opt.state_dict(), params)
         >>> adam_state = state.groups[0][0]                     # group 0, first block
-        >>> int(adam_state.count), adam_state.exp_avg[0].tolist()
+        >>> int(step_count(state.groups[0])), adam_state.exp_avg[0].tolist()
         (1, [0.10000000149011612, 0.10000000149011612, 0.10000000149011612])
     """
     wrapped = tx.init(params)
@@ -681,7 +679,7 @@ def _load_group(layout, g, group, saved, torch_entries, template, params, strict
         own = _own_state(gstate, spec.custom)
         return _replace_state(gstate, spec.custom, spec.custom.load(own, entries, leaves, step))
     treedef = jax.tree.structure(container)
-    _, t_per_param, t_scalars = _read_group(layout, gstate, container)
+    t_per_param, t_scalars = _read_group(layout, gstate, container)
     keys, scalar_keys = _keys(spec)
     has_step = spec.has_step if spec is not None else any("step" in e for e in entries)
 
@@ -736,8 +734,6 @@ def _load_group(layout, g, group, saved, torch_entries, template, params, strict
             )
 
     def on_field(f, v, _where):
-        if f == "count":
-            return jnp.asarray(count, v.dtype)
         if f in keys and f != "step" and v is not None:
             if f in scalar_keys:
                 value = _scalar_value([e[f] for e in entries], f"param group {g}'s {f!r}")
@@ -754,7 +750,7 @@ def _load_group(layout, g, group, saved, torch_entries, template, params, strict
             return _RECURSE
         return v
 
-    return _walk(gstate, on_field)
+    return with_step_count(_walk(gstate, on_field), count)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -820,14 +816,14 @@ def torch_state_dict(tx, opt_state, params, *, param_map: Optional[Sequence] = N
         if spec.custom is not None:
             _custom_checks(layout, group)
             own = _own_state(gstate, spec.custom)
-            count = int(own.count)
+            count = int(step_count(own))
             groups.append({**_torch_group(spec, group.kwargs, count), "params": ids})
             leaves = [layout.leaves[i] for i in group.members]
             for pos, entry in spec.custom.export(own, leaves, count).items():
                 state[ids[group.order.index(pos)]] = entry
             continue
-        counts, per_param, scalars = _read_group(layout, gstate, container)
-        count = _common_count(layout, counts, g)
+        per_param, scalars = _read_group(layout, gstate, container)
+        count = int(step_count(gstate))
         groups.append({**_torch_group(spec, group.kwargs, count), "params": ids})
         if count == 0 and not spec.eager:
             continue  # torch creates its state at the first step

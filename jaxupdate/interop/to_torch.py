@@ -43,7 +43,6 @@ from jaxupdate.interop import _torch as T
 from jaxupdate.interop.from_torch import Positioned, torch_last_epoch
 from jaxupdate.interop.state_dict import (
     apply_param_map,
-    is_namedtuple,
     state_layout,
     torch_state_dict,
     unwrap_nnx,
@@ -52,6 +51,7 @@ from jaxupdate.lr_scheduler._base import PerEpoch, Schedule
 from jaxupdate.lr_scheduler.inject import InjectState, plain_view
 from jaxupdate.lr_scheduler.plateau import PlateauState, ReduceLROnPlateau
 from jaxupdate.param_groups import GroupsDescription, ParamGroupsState
+from jaxupdate.transforms.common import step_count
 from jaxupdate.transforms.validate import check_state_fits, optimizer_name
 
 # torch's warning when a scheduler steps before its optimizer ever did: moving a scheduler to
@@ -69,24 +69,6 @@ _KERNEL_KEYS = ("foreach", "fused", "capturable", "differentiable")
 # reading the jaxupdate run
 
 
-def _counts(node, out: list) -> list:
-    """Every ``count`` field of the NamedTuples in an optimizer state."""
-    if is_namedtuple(node):
-        for f in node._fields:
-            v = getattr(node, f)
-            if f == "count" and hasattr(v, "shape"):
-                out.append(int(v))
-            else:
-                _counts(v, out)
-    elif isinstance(node, (tuple, list)):
-        for x in node:
-            _counts(x, out)
-    elif isinstance(node, dict):
-        for x in node.values():
-            _counts(x, out)
-    return out
-
-
 class _Group:
     """One jaxupdate group as the conversion needs it."""
 
@@ -102,12 +84,7 @@ class _Group:
                 self.plateau = None
         else:
             self.kwargs, self.state = dict(kwargs), state
-            counts = set(_counts(state, []))
-            if len(counts) > 1:
-                raise ValueError(
-                    f"the state's blocks disagree on the number of updates taken ({sorted(counts)})"
-                )
-            self.count = counts.pop() if counts else 0
+            self.count = int(step_count(state))  # one per optimizer (torch's step)
             self.plateau = None
         self.lr_spec = kwargs.get("lr")  # as built: a schedule, a plateau, a number
 

@@ -7,7 +7,7 @@ from typing import Callable
 import optax
 
 from jaxupdate._hparams import concrete, is_number, is_schedule, normalize
-from jaxupdate.transforms import complex_as_real
+from jaxupdate.transforms import complex_as_real, counted_chain
 from jaxupdate.transforms.validate import validate_inputs
 
 
@@ -96,7 +96,8 @@ def _size(x) -> int:
 
 
 def assemble(*blocks) -> optax.GradientTransformationExtraArgs:
-    """Chains the blocks that are not None, viewing complex leaves as real pairs (as torch),
-    and checks grads, params and state against each other first (``validate_inputs``: at
-    trace time, on static shapes and dtypes)."""
-    return validate_inputs(complex_as_real(optax.chain(*[b for b in blocks if b is not None])))
+    """Chains the blocks that are not None with one step count (``counted_chain``: the
+    state is ``(*block_states, CountState)``, the count torch's ``step``), viewing complex
+    leaves as real pairs (as torch), and checks grads, params and state against each other
+    first (``validate_inputs``: at trace time, on static shapes and dtypes)."""
+    return validate_inputs(complex_as_real(counted_chain(*blocks)))

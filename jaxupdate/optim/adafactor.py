@@ -9,10 +9,11 @@ from jaxupdate._hparams import normalize
 from jaxupdate.optim._base import check
 from jaxupdate.transforms import TorchAdafactorState
 from jaxupdate.transforms.adafactor import (
-    scale_by_torch_adafactor_step,
     scale_by_torch_factored_rms,
+    torch_adafactor_update,
 )
 from jaxupdate.transforms.checks import reject_complex
+from jaxupdate.transforms.common import counted_chain
 from jaxupdate.transforms.common import maximize as maximize_block
 from jaxupdate.transforms.validate import validate_inputs
 
@@ -112,6 +113,6 @@ def adafactor(
         reject_complex("Adafactor"),
         maximize_block() if maximize else None,
         scale_by_torch_factored_rms(beta2_decay_n, eps1),
-        scale_by_torch_adafactor_step(lr_n, eps2_n, d_n, weight_decay_n),
+        torch_adafactor_update(lr_n, eps2_n, d_n, weight_decay_n),
     ]
-    return validate_inputs(optax.chain(*[b for b in blocks if b is not None]))
+    return validate_inputs(counted_chain(*blocks))

@@ -9,7 +9,7 @@ from jaxupdate._described import torch_optimizer
 from jaxupdate._hparams import is_static_zero
 from jaxupdate.fused._specs import adagrad_spec, with_fused
 from jaxupdate.optim._base import assemble, check_lr, check_nonneg
-from jaxupdate.transforms.adaptive import torch_adagrad
+from jaxupdate.transforms.adaptive import torch_adagrad_update
 
 
 @torch_optimizer(
@@ -87,6 +87,6 @@ def adagrad(
     tx = assemble(
         T.maximize() if maximize else None,
         None if is_static_zero(weight_decay) else T.add_weight_decay(weight_decay),
-        torch_adagrad(lr, lr_decay, eps, initial_accumulator_value),
+        torch_adagrad_update(lr, lr_decay, eps, initial_accumulator_value),
     )
     return with_fused(fused, adagrad_spec(lr, lr_decay, weight_decay, eps, maximize), tx)

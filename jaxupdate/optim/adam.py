@@ -21,8 +21,7 @@ def _adam_chain(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled_weigh
     return with_fused(fused, spec, assemble(
         T.maximize() if maximize else None,
         T.add_weight_decay(weight_decay) if decay and not decoupled_weight_decay else None,
-        T.scale_by_torch_adam(betas, eps, amsgrad, lr=lr),
-        T.scale_by_learning_rate(lr, applied=True),
+        T.torch_adam_update(lr, betas, eps, amsgrad),
         T.decoupled_weight_decay(lr, weight_decay) if decay and decoupled_weight_decay else None,
     ))
 

@@ -8,7 +8,7 @@ from jaxupdate import transforms as T
 from jaxupdate._described import torch_optimizer
 from jaxupdate._hparams import is_static_zero
 from jaxupdate.optim._base import assemble, check_betas, check_lr, check_nonneg
-from jaxupdate.transforms.adaptive import torch_adamax
+from jaxupdate.transforms.adaptive import torch_adamax_update
 
 
 @torch_optimizer("Adamax", ("step", "exp_avg", "exp_inf"), state=T.TorchAdamaxState)
@@ -57,5 +57,5 @@ def adamax(
     return assemble(
         T.maximize() if maximize else None,
         None if is_static_zero(weight_decay) else T.add_weight_decay(weight_decay),
-        torch_adamax(lr, betas_n, eps),
+        torch_adamax_update(lr, betas_n, eps),
     )

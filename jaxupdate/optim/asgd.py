@@ -8,8 +8,8 @@ import optax
 from jaxupdate import transforms as T
 from jaxupdate._described import torch_optimizer
 from jaxupdate._hparams import is_static_zero, normalize
-from jaxupdate.optim._base import assemble, check_lr, check_nonneg
-from jaxupdate.transforms.asgd import TorchASGDState, torch_asgd
+from jaxupdate.optim._base import check_lr, check_nonneg
+from jaxupdate.transforms.asgd import TorchASGDState, torch_asgd_update
 from jaxupdate.transforms.validate import validate_inputs
 
 
@@ -74,10 +74,12 @@ def asgd(
         T.maximize() if maximize else None,
         None if is_static_zero(weight_decay) else T.add_weight_decay(weight_decay),
     ]
-    return validate_inputs(optax.chain(
-        assemble(*on_grads) if any(on_grads) else optax.identity(),
+    # one step count for the whole chain: the gradient blocks read the chain's count
+    on_grads = [T.uncounted(b) for b in on_grads if b is not None]
+    return validate_inputs(T.counted_chain(
+        T.complex_as_real(optax.chain(*on_grads)) if on_grads else optax.identity(),
         # outside complex_as_real: ax keeps the parameters' dtype (complex stays complex)
-        torch_asgd(lr, lambd, alpha, t0),
+        torch_asgd_update(lr, lambd, alpha, t0),
     ))
 
 

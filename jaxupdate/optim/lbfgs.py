@@ -34,6 +34,8 @@ class LBFGSState(NamedTuple):
     dtype of the flattened parameters.
     """
 
+    # one block, so the optimizer's one step count lives here (see transforms.step_count)
+    holds_step_count = True
     count: jax.Array  # update calls so far (evaluates scheduled hyperparameters)
     func_evals: jax.Array  # total closure evaluations, as torch's state["func_evals"]
     n_iter: jax.Array  # total inner iterations, as torch's state["n_iter"]

@@ -11,14 +11,15 @@ from jaxupdate._hparams import normalize
 from jaxupdate.optim._base import check
 from jaxupdate.transforms import TorchMuonState
 from jaxupdate.transforms.checks import reject_complex, require_matrices
+from jaxupdate.transforms.common import counted_chain
 from jaxupdate.transforms.muon import (
     DEFAULT_A,
     DEFAULT_B,
     DEFAULT_C,
     DEFAULT_NS_STEPS,
     EPS,
-    scale_by_muon_lr,
     scale_by_torch_muon,
+    torch_muon_update,
 )
 from jaxupdate.transforms.validate import validate_inputs
 
@@ -104,9 +105,9 @@ def muon(
         normalize(x, f"ns_coefficients[{i}]") for i, x in enumerate(ns_coefficients)
     )
     eps_n = normalize(eps, "eps")
-    return validate_inputs(optax.chain(
+    return validate_inputs(counted_chain(
         require_matrices("Muon"),
         reject_complex("Muon"),
         scale_by_torch_muon(momentum_n, nesterov, coefficients, eps_n, int(ns_steps)),
-        scale_by_muon_lr(lr_n, weight_decay_n, adjust_lr_fn),
+        torch_muon_update(lr_n, weight_decay_n, adjust_lr_fn),
     ))

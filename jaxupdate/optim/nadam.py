@@ -8,7 +8,7 @@ from jaxupdate import transforms as T
 from jaxupdate._described import torch_optimizer
 from jaxupdate._hparams import is_static_zero
 from jaxupdate.optim._base import assemble, check_adam_hparams, check_nonneg
-from jaxupdate.transforms.nadam_radam import scale_by_torch_nadam
+from jaxupdate.transforms.nadam_radam import torch_nadam_update
 
 
 @torch_optimizer(
@@ -83,7 +83,7 @@ def nadam(
     return assemble(
         T.maximize() if maximize else None,
         T.add_weight_decay(weight_decay) if decay and not decoupled_weight_decay else None,
-        scale_by_torch_nadam(
+        torch_nadam_update(
             lr,
             betas,
             eps,

@@ -8,7 +8,7 @@ from jaxupdate import transforms as T
 from jaxupdate._described import torch_optimizer
 from jaxupdate._hparams import is_static_zero
 from jaxupdate.optim._base import assemble, check_adam_hparams
-from jaxupdate.transforms.nadam_radam import scale_by_torch_radam
+from jaxupdate.transforms.nadam_radam import torch_radam_update
 
 
 @torch_optimizer("RAdam", ("step", "exp_avg", "exp_avg_sq"), state=T.TorchRAdamState)
@@ -76,7 +76,7 @@ def radam(
     return assemble(
         T.maximize() if maximize else None,
         T.add_weight_decay(weight_decay) if decay and not decoupled_weight_decay else None,
-        scale_by_torch_radam(
+        torch_radam_update(
             lr, betas, eps, weight_decay if decay and decoupled_weight_decay else None
         ),
     )

@@ -65,10 +65,12 @@ def rmsprop(
         T.maximize() if maximize else None,
         None if is_static_zero(weight_decay) else T.add_weight_decay(weight_decay),
         # without momentum torch ends with param.addcdiv_(grad, avg, value=-lr): lr goes inside
-        T.scale_by_torch_rms(alpha, eps, centered, lr=lr if is_static_zero(momentum) else None),
+        T.torch_rmsprop_update(lr, alpha, eps, centered) if is_static_zero(momentum)
+        else T.scale_by_torch_rms(alpha, eps, centered),
         # torch: `if momentum > 0` with a zero-initialised buffer, no first-step copy
-        None if is_static_zero(momentum) else T.torch_momentum(momentum, first_step_copies=False),
-        T.scale_by_learning_rate(lr, applied=is_static_zero(momentum)),
+        None if is_static_zero(momentum)
+        else T.scale_by_torch_momentum(momentum, first_step_copies=False),
+        None if is_static_zero(momentum) else T.scale_by_learning_rate(lr),
     )
     spec = rmsprop_spec(lr, alpha, eps, weight_decay, momentum, centered, maximize)
     return with_fused(fused, spec, tx)

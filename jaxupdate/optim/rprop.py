@@ -8,7 +8,7 @@ from jaxupdate import transforms as T
 from jaxupdate._described import torch_optimizer
 from jaxupdate._hparams import concrete, normalize
 from jaxupdate.optim._base import assemble, check_lr
-from jaxupdate.transforms.adaptive import torch_rprop
+from jaxupdate.transforms.adaptive import torch_rprop_update
 
 
 @torch_optimizer("Rprop", ("step", "prev", "step_size"), state=T.TorchRpropState)
@@ -70,5 +70,5 @@ def rprop(
     sizes_n = (normalize(step_sizes[0], "step_sizes[0]"), normalize(step_sizes[1], "step_sizes[1]"))
     return assemble(
         T.maximize() if maximize else None,
-        torch_rprop(lr, etas_n, sizes_n),
+        torch_rprop_update(lr, etas_n, sizes_n),
     )

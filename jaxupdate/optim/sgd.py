@@ -78,7 +78,8 @@ def sgd(
     tx = assemble(
         T.maximize() if maximize else None,
         None if is_static_zero(weight_decay_n) else T.add_weight_decay(weight_decay_n),
-        None if is_static_zero(momentum_n) else T.torch_momentum(momentum_n, dampening_n, nesterov),
+        None if is_static_zero(momentum_n)
+        else T.scale_by_torch_momentum(momentum_n, dampening_n, nesterov),
         T.scale_by_learning_rate(lr),
     )
     spec = sgd_spec(lr, momentum_n, dampening_n, weight_decay_n, nesterov, maximize)

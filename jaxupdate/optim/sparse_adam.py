@@ -25,6 +25,8 @@ class SparseAdamState(NamedTuple):
     leaf, incremented only for leaves that received a gradient); ``exp_avg``, ``exp_avg_sq``:
     dense moments shaped like the parameters, as torch keeps them."""
 
+    # one block, so the optimizer's one step count lives here (see transforms.step_count)
+    holds_step_count = True
     count: jax.Array
     step: Any
     exp_avg: Any

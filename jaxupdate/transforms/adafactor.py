@@ -2,7 +2,7 @@
 
 ``scale_by_torch_factored_rms`` keeps the factored second moment (row and column means of
 ``g * g`` over the last two axes for leaves with ``ndim >= 2``, the full ``g * g`` otherwise)
-and returns ``g / sqrt(v_hat)``; ``scale_by_torch_adafactor_step`` turns that into the
+and returns ``g / sqrt(v_hat)``; ``torch_adafactor_update`` turns that into the
 parameter change: relative step size, update clipping by ``d`` and decoupled weight decay.
 """
 
@@ -16,14 +16,13 @@ import optax
 
 from jaxupdate._hparams import is_schedule, is_static_zero, resolve, scalar_dtype
 from jaxupdate.numerics import add_scaled, cast, delta, leaf_map, lerp, step_float, wide_updates
-from jaxupdate.transforms.common import init_count, require_params
+from jaxupdate.transforms.common import block, chain_count, require_params
 
 
 class TorchAdafactorState(NamedTuple):
     """torch's per-parameter state: ``row_var``/``col_var`` for leaves with ``ndim >= 2``
     (``None`` elsewhere), ``variance`` for leaves with ``ndim < 2`` (``None`` elsewhere)."""
 
-    count: jax.Array
     row_var: optax.Updates
     col_var: optax.Updates
     variance: optax.Updates
@@ -62,22 +61,22 @@ def scale_by_torch_factored_rms(
 
         factored = lambda p: p.ndim > 1  # noqa: E731
         return TorchAdafactorState(
-            init_count(),
             zeros_at(factored, lambda s: s[:-1] + (1,)),
             zeros_at(factored, lambda s: s[:-2] + (1,) + s[-1:]),
             zeros_at(lambda p: not factored(p), lambda s: s),
         )
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def update_fn(updates, state, params=None, count=None, **extra_args):
         del params, extra_args
+        count = chain_count(count, "scale_by_torch_factored_rms")
         leaves, treedef = jax.tree.flatten(updates)
         if not leaves:
-            return updates, state._replace(count=optax.safe_increment(state.count))
-        w = step_float(state.count) ** resolve(beta2_decay, state.count)
+            return updates, state
+        w = step_float(count) ** resolve(beta2_decay, count)
         if eps1 is None:
             e1 = float(jnp.finfo(leaves[0].dtype).eps)
         else:
-            e1 = resolve(eps1, state.count)
+            e1 = resolve(eps1, count)
         rows = treedef.flatten_up_to(state.row_var)
         cols = treedef.flatten_up_to(state.col_var)
         variances = treedef.flatten_up_to(state.variance)
@@ -102,21 +101,17 @@ def scale_by_torch_factored_rms(
             new_cols.append(col_var)
             new_vars.append(variance)
         new_state = TorchAdafactorState(
-            optax.safe_increment(state.count),
             jax.tree.unflatten(treedef, new_rows),
             jax.tree.unflatten(treedef, new_cols),
             jax.tree.unflatten(treedef, new_vars),
         )
         return jax.tree.unflatten(treedef, out), new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return block(init_fn, update_fn, needs_count=True)  # the decay rate reads the step
 
 
-class TorchAdafactorStepState(NamedTuple):
-    count: jax.Array
 
-
-def scale_by_torch_adafactor_step(
+def torch_adafactor_update(
     lr=1e-2, eps2=1e-3, d=1.0, weight_decay=0.0
 ) -> optax.GradientTransformationExtraArgs:
     """Adafactor's parameter change from ``U`` (the output of the factored RMS block).
@@ -141,18 +136,19 @@ def scale_by_torch_adafactor_step(
 
     def init_fn(params):
         del params
-        return TorchAdafactorStepState(init_count())
+        return optax.EmptyState()
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def update_fn(updates, state, params=None, count=None, **extra_args):
         wide = wide_updates(extra_args)
         require_params(params, "adafactor")
-        lr_t = resolve(lr, state.count)
-        e2 = resolve(eps2, state.count)
-        d_t = resolve(d, state.count)
+        count = chain_count(count, "torch_adafactor_update")
+        lr_t = resolve(lr, count)
+        e2 = resolve(eps2, count)
+        d_t = resolve(d, count)
         sdt = scalar_dtype()
-        inv_sqrt_t = 1 / jnp.sqrt(step_float(state.count))
+        inv_sqrt_t = 1 / jnp.sqrt(step_float(count))
         if decay:
-            wd = resolve(weight_decay, state.count)
+            wd = resolve(weight_decay, count)
             if lr_dtype is None:
                 factor = 1 - lr_t * wd
             else:
@@ -177,6 +173,6 @@ def scale_by_torch_adafactor_step(
             return delta(add_scaled(p_new, neg_alpha, u), p, wide)
 
         updates = leaf_map(one, updates, params)
-        return updates, TorchAdafactorStepState(optax.safe_increment(state.count))
+        return updates, state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return block(init_fn, update_fn, needs_count=True)  # the relative step reads the step

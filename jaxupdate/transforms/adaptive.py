@@ -28,7 +28,7 @@ from jaxupdate.numerics import (
     step_float,
     true_divide,
 )
-from jaxupdate.transforms.common import init_count
+from jaxupdate.transforms.common import block, chain_count, init_count, schedules_in
 
 
 def _full_like(params, value):
@@ -40,11 +40,10 @@ def _full_like(params, value):
 
 
 class TorchAdagradState(NamedTuple):
-    count: jax.Array
     sum: optax.Updates
 
 
-def torch_adagrad(
+def torch_adagrad_update(
     lr=1e-2, lr_decay=0.0, eps=1e-10, initial_accumulator_value=0.0
 ) -> optax.GradientTransformationExtraArgs:
     """Adagrad's update ``-clr * g / (sqrt(sum) + eps)`` with torch's decayed learning rate.
@@ -56,15 +55,16 @@ def torch_adagrad(
 
     def init_fn(params):
         return TorchAdagradState(
-            init_count(), _full_like(params, resolve(initial_accumulator_value, init_count()))
+            _full_like(params, resolve(initial_accumulator_value, init_count()))
         )
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def update_fn(updates, state, params=None, count=None, **extra_args):
         del params, extra_args
-        e = resolve(eps, state.count)
+        count = chain_count(count, "torch_adagrad_update")
+        e = resolve(eps, count)
         # torch: clr = lr / (1 + (step - 1) * lr_decay), in Python double precision
-        count = jnp.asarray(state.count, step_float(state.count).dtype)
-        clr = resolve(lr, state.count) / (1.0 + count * resolve(lr_decay, state.count))
+        done = jnp.asarray(count, step_float(count).dtype)
+        clr = resolve(lr, count) / (1.0 + done * resolve(lr_decay, count))
         sums = leaf_map(lambda s, g: addcmul(s, 1.0, g, g), state.sum, updates)
 
         def update(g, s):
@@ -72,9 +72,9 @@ def torch_adagrad(
             return (cast(-clr, g) * g) / std
 
         out = leaf_map(update, updates, sums)
-        return out, TorchAdagradState(optax.safe_increment(state.count), sums)
+        return out, TorchAdagradState(sums)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return block(init_fn, update_fn, needs_count=True)  # the lr decay reads the step
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,7 +82,6 @@ def torch_adagrad(
 
 
 class TorchAdadeltaState(NamedTuple):
-    count: jax.Array
     square_avg: optax.Updates
     acc_delta: optax.Updates
 
@@ -102,12 +101,12 @@ def scale_by_torch_adadelta(rho=0.9, eps=1e-6) -> optax.GradientTransformationEx
 
     def init_fn(params):
         zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
-        return TorchAdadeltaState(init_count(), zeros(), zeros())
+        return TorchAdadeltaState(zeros(), zeros())
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def update_fn(updates, state, params=None, count=None, **extra_args):
         del params, extra_args
-        r = resolve(rho, state.count)
-        e = resolve(eps, state.count)
+        r = resolve(rho, count)
+        e = resolve(eps, count)
         keep = 1.0 - r
 
         # torch: square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)
@@ -125,9 +124,9 @@ def scale_by_torch_adadelta(rho=0.9, eps=1e-6) -> optax.GradientTransformationEx
         acc = leaf_map(
             lambda a, d: addcmul(a * cast(r, a), keep, d, d), state.acc_delta, deltas
         )
-        return deltas, TorchAdadeltaState(optax.safe_increment(state.count), sq, acc)
+        return deltas, TorchAdadeltaState(sq, acc)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return block(init_fn, update_fn, needs_count=schedules_in(rho, eps))
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,12 +134,13 @@ def scale_by_torch_adadelta(rho=0.9, eps=1e-6) -> optax.GradientTransformationEx
 
 
 class TorchAdamaxState(NamedTuple):
-    count: jax.Array
     exp_avg: optax.Updates
     exp_inf: optax.Updates
 
 
-def torch_adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8) -> optax.GradientTransformationExtraArgs:
+def torch_adamax_update(
+    lr=2e-3, betas=(0.9, 0.999), eps=1e-8
+) -> optax.GradientTransformationExtraArgs:
     """Adamax's update ``-lr / (1 - beta1**t) * exp_avg / exp_inf``.
 
     ``exp_avg.lerp_(g, 1 - beta1)``; ``exp_inf = max(exp_inf * beta2, |g| + eps)`` (eps inside
@@ -151,14 +151,15 @@ def torch_adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8) -> optax.GradientTransfo
 
     def init_fn(params):
         zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
-        return TorchAdamaxState(init_count(), zeros(), zeros())
+        return TorchAdamaxState(zeros(), zeros())
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def update_fn(updates, state, params=None, count=None, **extra_args):
         del params, extra_args
-        b1 = resolve(beta1, state.count)
-        b2 = resolve(beta2, state.count)
-        e = resolve(eps, state.count)
-        clr = resolve(lr, state.count) / bias_correction(b1, step_float(state.count))
+        count = chain_count(count, "torch_adamax_update")
+        b1 = resolve(beta1, count)
+        b2 = resolve(beta2, count)
+        e = resolve(eps, count)
+        clr = resolve(lr, count) / bias_correction(b1, step_float(count))
 
         mu = leaf_map(lambda m, g: lerp(m, g, 1.0 - b1), state.exp_avg, updates)
         inf = leaf_map(
@@ -167,9 +168,9 @@ def torch_adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8) -> optax.GradientTransfo
             updates,
         )
         out = leaf_map(lambda m, u: (cast(-clr, m) * m) / u, mu, inf)
-        return out, TorchAdamaxState(optax.safe_increment(state.count), mu, inf)
+        return out, TorchAdamaxState(mu, inf)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return block(init_fn, update_fn, needs_count=True)  # the bias correction reads the step
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,12 +178,11 @@ def torch_adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8) -> optax.GradientTransfo
 
 
 class TorchRpropState(NamedTuple):
-    count: jax.Array
     prev: optax.Updates
     step_size: optax.Updates
 
 
-def torch_rprop(
+def torch_rprop_update(
     lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50.0)
 ) -> optax.GradientTransformationExtraArgs:
     """Rprop's update ``-sign(g) * step_size`` with torch's sign-change rule.
@@ -198,14 +198,14 @@ def torch_rprop(
 
     def init_fn(params):
         zeros = jax.tree.map(jnp.zeros_like, params)
-        return TorchRpropState(init_count(), zeros, _full_like(params, resolve(lr, init_count())))
+        return TorchRpropState(zeros, _full_like(params, resolve(lr, init_count())))
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def update_fn(updates, state, params=None, count=None, **extra_args):
         del params, extra_args
-        em = resolve(etaminus, state.count)
-        ep = resolve(etaplus, state.count)
-        lo = resolve(step_size_min, state.count)
-        hi = resolve(step_size_max, state.count)
+        em = resolve(etaminus, count)
+        ep = resolve(etaplus, count)
+        lo = resolve(step_size_min, count)
+        hi = resolve(step_size_max, count)
 
         def one(g, prev, size):
             s = _torch_sign(g * prev)
@@ -224,6 +224,6 @@ def torch_rprop(
             jax.tree.unflatten(treedef, [r[i] for r in treedef.flatten_up_to(res)])
             for i in range(3)
         )
-        return out, TorchRpropState(optax.safe_increment(state.count), prev, size)
+        return out, TorchRpropState(prev, size)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return block(init_fn, update_fn, needs_count=schedules_in(etas, step_sizes))

@@ -21,12 +21,11 @@ import optax
 
 from jaxupdate._hparams import resolve, scalar_dtype
 from jaxupdate.numerics import add_scaled, cast, delta, leaf_map, step_float, unfused, wide_updates
-from jaxupdate.transforms.common import init_count, require_params
+from jaxupdate.transforms.common import block, chain_count, init_count, require_params
 from jaxupdate.transforms.nadam_radam import TORCH_SCALAR_DTYPE
 
 
 class TorchASGDState(NamedTuple):
-    count: jax.Array
     eta: jax.Array
     mu: jax.Array
     ax: optax.Params
@@ -40,7 +39,9 @@ def _like(x_real, ref):
     return jax.lax.complex(x_real[..., 0], x_real[..., 1]) if jnp.iscomplexobj(ref) else x_real
 
 
-def torch_asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6) -> optax.GradientTransformationExtraArgs:
+def torch_asgd_update(
+    lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6
+) -> optax.GradientTransformationExtraArgs:
     """ASGD's parameter step and averaging; the output is ``new_param - param``.
 
     With ``t = count + 1`` (``eta`` starts at ``lr``, ``mu`` at 1, ``ax`` at 0)::
@@ -58,16 +59,15 @@ def torch_asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6) -> optax.GradientTransfo
         # torch creates eta from the group's lr when the state is created (first step)
         eta = jnp.asarray(resolve(lr, init_count()), TORCH_SCALAR_DTYPE)
         return TorchASGDState(
-            init_count(),
             eta,
             jnp.ones([], TORCH_SCALAR_DTYPE),
             jax.tree.map(jnp.zeros_like, params),
         )
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def update_fn(updates, state, params=None, count=None, **extra_args):
         require_params(params, "asgd")
         wide = wide_updates(extra_args)
-        count = state.count
+        count = chain_count(count, "torch_asgd_update")
         eta = jnp.asarray(state.eta, scalar_dtype())  # _get_value(eta): the float32 value
         decay = 1 - resolve(lambd, count) * eta
         averaging = state.mu != 1  # torch: `if mu.item() != 1`, else ax.copy_(param)
@@ -92,14 +92,13 @@ def torch_asgd(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6) -> optax.GradientTransfo
         new_eta = lr_t / ((1 + lambd_t * lr_t * step) ** resolve(alpha, count))
         new_mu = 1 / jnp.maximum(1.0, step - resolve(t0, count))
         new_state = TorchASGDState(
-            optax.safe_increment(count),
             jnp.asarray(new_eta, TORCH_SCALAR_DTYPE),
             jnp.asarray(new_mu, TORCH_SCALAR_DTYPE),
             new_ax,
         )
         return out, new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return block(init_fn, update_fn, needs_count=True)  # eta and mu read the step
 
 
-__all__ = ["TorchASGDState", "torch_asgd"]
+__all__ = ["TorchASGDState", "torch_asgd_update"]

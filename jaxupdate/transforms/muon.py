@@ -1,7 +1,7 @@
 """Muon's building blocks in torch's operation order (``torch/optim/_muon.py``).
 
 ``scale_by_torch_muon`` keeps the momentum buffer and orthogonalizes the (Nesterov) momentum
-with torch's bfloat16 Newton-Schulz iteration; ``scale_by_muon_lr`` applies decoupled weight
+with torch's bfloat16 Newton-Schulz iteration; ``torch_muon_update`` applies decoupled weight
 decay and the shape-adjusted learning rate.
 """
 
@@ -16,7 +16,7 @@ import optax
 
 from jaxupdate._hparams import is_schedule, is_static_zero, resolve
 from jaxupdate.numerics import add_scaled, cast, delta, leaf_map, lerp, wide_updates
-from jaxupdate.transforms.common import init_count, require_params
+from jaxupdate.transforms.common import block, require_params, schedules_in
 
 # torch's defaults (Keller Jordan's Muon)
 EPS = 1e-7
@@ -115,7 +115,6 @@ def adjust_lr_ratio(adjust_lr_fn: Optional[str], shape) -> float:
 
 
 class TorchMuonState(NamedTuple):
-    count: jax.Array
     momentum_buffer: optax.Updates
 
 
@@ -135,13 +134,13 @@ def scale_by_torch_muon(
     """
 
     def init_fn(params):
-        return TorchMuonState(init_count(), jax.tree.map(jnp.zeros_like, params))
+        return TorchMuonState(jax.tree.map(jnp.zeros_like, params))
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def update_fn(updates, state, params=None, count=None, **extra_args):
         del params, extra_args
-        mom = resolve(momentum, state.count)
-        coefs = tuple(resolve(x, state.count) for x in ns_coefficients)
-        e = resolve(eps, state.count)
+        mom = resolve(momentum, count)
+        coefs = tuple(resolve(x, count) for x in ns_coefficients)
+        e = resolve(eps, count)
 
         # Weights go to lerp in the gradient's dtype, so that 1 - w is taken in that dtype
         # (torch's CPU lerp casts its Python weight to the tensor's dtype first).
@@ -155,16 +154,12 @@ def scale_by_torch_muon(
             lambda u: zeropower_via_newtonschulz(u, coefs, ns_steps, e).astype(u.dtype),
             directions,
         )
-        return out, TorchMuonState(optax.safe_increment(state.count), bufs)
+        return out, TorchMuonState(bufs)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-class ScaleByMuonLrState(NamedTuple):
-    count: jax.Array
+    return block(init_fn, update_fn, needs_count=schedules_in(momentum, ns_coefficients, eps))
 
 
-def scale_by_muon_lr(lr=1e-3, weight_decay=0.1, adjust_lr_fn: Optional[str] = None):
+def torch_muon_update(lr=1e-3, weight_decay=0.1, adjust_lr_fn: Optional[str] = None):
     """Muon's parameter change from direction ``O``, torch's last two lines::
 
         param = param * (1 - lr * weight_decay)
@@ -182,17 +177,17 @@ def scale_by_muon_lr(lr=1e-3, weight_decay=0.1, adjust_lr_fn: Optional[str] = No
 
     def init_fn(params):
         del params
-        return ScaleByMuonLrState(init_count())
+        return optax.EmptyState()
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def update_fn(updates, state, params=None, count=None, **extra_args):
         wide = wide_updates(extra_args)
         require_params(params, "muon")
-        lr_t = resolve(lr, state.count)
+        lr_t = resolve(lr, count)
         if lr_dtype is not None:
             lr_t = lr_t.astype(lr_dtype)
         # Python numbers stay weakly typed: an array lr keeps its dtype through these products
         if decay:
-            wd = resolve(weight_decay, state.count)
+            wd = resolve(weight_decay, count)
             factor = 1 - lr_t * (wd if lr_dtype is None else jnp.asarray(wd, lr_dtype))
 
         def one(o, p):
@@ -203,6 +198,6 @@ def scale_by_muon_lr(lr=1e-3, weight_decay=0.1, adjust_lr_fn: Optional[str] = No
             return delta(add_scaled(p_new, -adjusted_lr, o), p, wide)
 
         updates = leaf_map(one, updates, params)
-        return updates, ScaleByMuonLrState(optax.safe_increment(state.count))
+        return updates, state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return block(init_fn, update_fn, needs_count=schedules_in(lr, weight_decay))

@@ -33,7 +33,7 @@ from jaxupdate.numerics import (
     unfused,
     wide_updates,
 )
-from jaxupdate.transforms.common import init_count
+from jaxupdate.transforms.common import block, chain_count
 
 # torch keeps ``step`` and NAdam's ``mu_product`` as tensors of ``_get_scalar_dtype()``:
 # float32 under torch's default dtype. ``mu_product *= mu`` therefore rounds to float32 at
@@ -55,13 +55,12 @@ def _base(params, lr, weight_decay):
 
 
 class TorchNAdamState(NamedTuple):
-    count: jax.Array
     mu_product: jax.Array
     exp_avg: optax.Updates
     exp_avg_sq: optax.Updates
 
 
-def scale_by_torch_nadam(
+def torch_nadam_update(
     lr, betas=(0.9, 0.999), eps=1e-8, momentum_decay=4e-3, decoupled_weight_decay=None
 ) -> optax.GradientTransformationExtraArgs:
     """NAdam's update as in ``_single_tensor_nadam`` (``lr`` and decoupled decay included).
@@ -83,13 +82,11 @@ def scale_by_torch_nadam(
     beta1, beta2 = betas
 
     def init_fn(params):
-        return TorchNAdamState(
-            init_count(), jnp.ones([], TORCH_SCALAR_DTYPE), _zeros(params), _zeros(params)
-        )
+        return TorchNAdamState(jnp.ones([], TORCH_SCALAR_DTYPE), _zeros(params), _zeros(params))
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def update_fn(updates, state, params=None, count=None, **extra_args):
         wide = wide_updates(extra_args)
-        count = state.count
+        count = chain_count(count, "torch_nadam_update")
         b1, b2 = resolve(beta1, count), resolve(beta2, count)
         lr_t, e, md = resolve(lr, count), resolve(eps, count), resolve(momentum_decay, count)
         step = step_float(count)
@@ -113,7 +110,7 @@ def scale_by_torch_nadam(
         def term(coef, t, d):
             return addcdiv_term(coef, t, d)
 
-        new_state = TorchNAdamState(optax.safe_increment(count), mu_product, exp_avg, exp_avg_sq)
+        new_state = TorchNAdamState(mu_product, exp_avg, exp_avg_sq)
         if params is None:
             if decoupled_weight_decay is not None:
                 raise ValueError(
@@ -133,11 +130,10 @@ def scale_by_torch_nadam(
         )
         return out, new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return block(init_fn, update_fn, needs_count=True)  # bias corrections read the step
 
 
 class TorchRAdamState(NamedTuple):
-    count: jax.Array
     exp_avg: optax.Updates
     exp_avg_sq: optax.Updates
 
@@ -195,7 +191,7 @@ def radam_rho(beta2, step):
     return rho_inf, (2.0 / lam) * q + r
 
 
-def scale_by_torch_radam(
+def torch_radam_update(
     lr, betas=(0.9, 0.999), eps=1e-8, decoupled_weight_decay=None
 ) -> optax.GradientTransformationExtraArgs:
     """RAdam's update as in ``_single_tensor_radam`` (``lr`` and decoupled decay included).
@@ -219,11 +215,11 @@ def scale_by_torch_radam(
     beta1, beta2 = betas
 
     def init_fn(params):
-        return TorchRAdamState(init_count(), _zeros(params), _zeros(params))
+        return TorchRAdamState(_zeros(params), _zeros(params))
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def update_fn(updates, state, params=None, count=None, **extra_args):
         wide = wide_updates(extra_args)
-        count = state.count
+        count = chain_count(count, "torch_radam_update")
         b1, b2 = resolve(beta1, count), resolve(beta2, count)
         lr_t, e = resolve(lr, count), resolve(eps, count)
         step = step_float(count)
@@ -249,7 +245,7 @@ def scale_by_torch_radam(
             return unfused(jnp.where(adaptive, rectified, sgd_like))
 
         steps = leaf_map(step_of, exp_avg, exp_avg_sq)
-        new_state = TorchRAdamState(optax.safe_increment(count), exp_avg, exp_avg_sq)
+        new_state = TorchRAdamState(exp_avg, exp_avg_sq)
         if params is None:
             if decoupled_weight_decay is not None:
                 raise ValueError(
@@ -263,7 +259,7 @@ def scale_by_torch_radam(
         out = leaf_map(lambda b, p, s: delta(b - s, p, wide), base, params, steps)
         return out, new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return block(init_fn, update_fn, needs_count=True)  # bias corrections read the step
 
 
 __all__ = [
@@ -271,6 +267,6 @@ __all__ = [
     "TorchNAdamState",
     "TorchRAdamState",
     "radam_rho",
-    "scale_by_torch_nadam",
-    "scale_by_torch_radam",
+    "torch_nadam_update",
+    "torch_radam_update",
 ]

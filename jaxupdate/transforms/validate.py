@@ -179,7 +179,8 @@ def _looks_like(names: list[str]) -> Optional[str]:
         if n not in _GENERIC_BLOCKS:
             n = n[len("Torch"):] if n.startswith("Torch") else n
             return n[: -len("State")] if n.endswith("State") and n != "State" else n
-    if names and all(n == "CountState" for n in names):
+    # a chain whose blocks keep no state of their own, only the chain's step count
+    if names and names[-1] == "CountState" and all(n in _GENERIC_BLOCKS for n in names):
         return "SGD without momentum"
     return None
 
