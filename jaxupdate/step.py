@@ -320,14 +320,16 @@ def step(tx, params, grads, opt_state, **extra_args):
             return _eager_kernel_step(spec, plan, treedef, p_leaves,
                                       treedef.flatten_up_to(grads), fields, opt_state)
         return _kernel_fn(spec)(params, grads, opt_state)
-    if _is_traced((params, grads, opt_state, extra_args)):
-        return _xla_step(tx, params, grads, opt_state, **extra_args)
-    grads = _private_grads(grads, params, opt_state)
-    try:
-        jitted = _eager_xla(tx)
-    except TypeError:  # a transformation that cannot be hashed: op by op
-        return _xla_step(tx, params, grads, opt_state, **extra_args)
-    return jitted(params, grads, opt_state, **extra_args)
+    # a fused transformation's update warns when called outside ju.step: not from here
+    with _specs.stepping(spec):
+        if _is_traced((params, grads, opt_state, extra_args)):
+            return _xla_step(tx, params, grads, opt_state, **extra_args)
+        grads = _private_grads(grads, params, opt_state)
+        try:
+            jitted = _eager_xla(tx)
+        except TypeError:  # a transformation that cannot be hashed: op by op
+            return _xla_step(tx, params, grads, opt_state, **extra_args)
+        return jitted(params, grads, opt_state, **extra_args)
 
 
 def fused_available(tx) -> bool:

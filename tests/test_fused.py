@@ -385,3 +385,52 @@ def test_kernel_rejects_mismatched_chunk_while_tracing():
     with pytest.raises(_call.LayoutError, match="leaf 0"):
         step_mod._chunk_step(name, sc, [jnp.ones(3, jnp.float32)], [jnp.ones(4, jnp.float32)],
                              ([jnp.ones(3, jnp.float32)], [jnp.ones(3, jnp.float32)]))
+
+
+def _warnings_of(fn):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+    return [w for w in caught if issubclass(w.category, jf.FusedOutsideStepWarning)]
+
+
+def test_update_outside_step_warns_once():
+    """A fused transformation inside optax.chain, or its update called directly, runs the XLA
+    path: it warns once (per transformation), naming ju.step and fused=False."""
+    import optax
+
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.full(3, 0.5)}
+    tx = ju.adam(lr=1e-2, fused=True)
+    state = tx.init(params)
+    caught = _warnings_of(lambda: [tx.update(grads, state, params) for _ in range(3)])
+    assert len(caught) == 1
+    assert "ju.step(tx, params, grads, opt_state)" in str(caught[0].message)
+    assert "fused=False" in str(caught[0].message)
+    assert caught[0].filename == __file__  # points at the caller of update
+
+    chained = optax.chain(optax.clip_by_global_norm(1.0), ju.sgd(lr=0.1, fused=True))
+    cstate = chained.init(params)
+    assert len(_warnings_of(lambda: jax.jit(chained.update)(grads, cstate, params))) == 1
+    # ju.step on the chain: the fused optimizer inside it still runs the XLA path
+    chained = optax.chain(optax.clip_by_global_norm(1.0), ju.sgd(lr=0.1, fused=True))
+    assert len(_warnings_of(lambda: ju.step(chained, params, grads, chained.init(params)))) == 1
+    # fused=False never warns
+    plain = ju.adam(lr=1e-2)
+    assert _warnings_of(lambda: plain.update(grads, plain.init(params), params)) == []
+
+
+def test_step_own_xla_route_does_not_warn(monkeypatch):
+    """ju.step's own XLA route for a fused transformation (bfloat16 leaves; a GPU, forced here
+    with BACKEND="xla"; under the user's jit) is not a misuse: no warning."""
+    tx = ju.adam(lr=1e-2, fused=True)
+    bf = {"w": jnp.ones(3, jnp.bfloat16)}
+    assert _warnings_of(lambda: ju.step(tx, bf, bf, tx.init(bf))) == []
+    monkeypatch.setattr(step_mod, "BACKEND", "xla")
+    tx = ju.rmsprop(lr=1e-2, fused=True)
+    p = {"w": jnp.ones(3)}
+    assert _warnings_of(lambda: ju.step(tx, p, {"w": jnp.ones(3)}, tx.init(p))) == []
+    p = {"w": jnp.ones(3)}  # the one above was donated
+    assert _warnings_of(lambda: jax.jit(lambda p, s: ju.step(tx, p, p, s))(p, tx.init(p))) == []
