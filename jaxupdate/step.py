@@ -283,8 +283,9 @@ def step(tx, params, grads, opt_state, **extra_args):
     Under ``jax.jit`` it emits that computation (donate ``params`` and ``opt_state`` in your
     ``jit`` so the kernel updates them without copies); called outside ``jit`` it compiles
     itself once (the fused kernels: per chunk of leaves, so that thousands of leaves compile
-    in seconds) and donates ``params`` and ``opt_state``: the arrays passed in are consumed,
-    as ``torch.optim``'s ``step()`` overwrites its tensors. Not differentiable and not
+    in seconds; the plan of chunks is kept per tree structure, so later steps only check the
+    leaves' shapes and dtypes) and donates ``params`` and ``opt_state``: the arrays passed in
+    are consumed, as ``torch.optim``'s ``step()`` overwrites its tensors. Not differentiable and not
     vmappable with a fused optimizer (as torch's ``fused=True``): use ``fused=False`` there.
 
     Args:

@@ -434,3 +434,22 @@ def test_step_own_xla_route_does_not_warn(monkeypatch):
     assert _warnings_of(lambda: ju.step(tx, p, {"w": jnp.ones(3)}, tx.init(p))) == []
     p = {"w": jnp.ones(3)}  # the one above was donated
     assert _warnings_of(lambda: jax.jit(lambda p, s: ju.step(tx, p, p, s))(p, tx.init(p))) == []
+
+
+def test_gc_state_restored():
+    """The eager step pauses Python's GC while it creates its output arrays and restores the
+    caller's setting afterwards (enabled or not)."""
+    import gc
+
+    tx = ju.adam(lr=1e-2, fused=True)
+    p = {"w": jnp.ones(3)}
+    s = tx.init(p)
+    assert gc.isenabled()
+    p, s = ju.step(tx, p, {"w": jnp.ones(3)}, s)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        p, s = ju.step(tx, p, {"w": jnp.ones(3)}, s)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
