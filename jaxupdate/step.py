@@ -9,6 +9,8 @@ kernels; see :mod:`jaxupdate.fused`). The numbers are the same either way.
 from __future__ import annotations
 
 import functools
+import gc
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -60,11 +62,17 @@ def _check(tx, spec, params, grads, opt_state):
         raise OptimizerInputError("opt_state does not hold the state tx.init builds for params")
 
 
-def _use_kernel(spec, params, extra_args) -> bool:
+def _kernel_backend(spec, extra_args) -> bool:
+    """Whether a fused kernel may run here, before looking at the leaves."""
     if spec is None or extra_args or BACKEND == "xla":
         return False
-    if jax.default_backend() != "cpu":
-        return False  # GPU / TPU: XLA fuses the elementwise step itself (multi-output fusion)
+    # GPU / TPU: XLA fuses the elementwise step itself (multi-output fusion)
+    return jax.default_backend() == "cpu"
+
+
+def _use_kernel(spec, params, extra_args) -> bool:
+    if not _kernel_backend(spec, extra_args):
+        return False
     leaves = jax.tree.leaves(params)
     return all(np.dtype(getattr(x, "dtype", np.float64)) in _KERNEL_DTYPES for x in leaves)
 
@@ -138,35 +146,100 @@ def _prep_fn(spec, dtypes):
     return jax.jit(prep)
 
 
-def _eager_kernel_step(spec, params, grads, opt_state):
-    """Outside jit: the kernel calls run chunk by chunk, each a small jitted call with its
-    parameters and state donated. A whole-step jit would hand XLA every leaf at once, and XLA's
-    compile time grows with the buffers of a computation (1,000 leaves of Adam: 2 s; 10,000:
-    100 s and 12 GB); the chunk computations are small and shared by every chunk of the same
-    shapes (a model repeats a few layer shapes), so the first call stays short."""
+def _eager_kernel_step(spec, plan, treedef, p_leaves, g_leaves, fields, opt_state):
+    """Outside jit: the kernel calls run chunk by chunk (``plan``, see
+    :func:`jaxupdate.fused._call.plan`), each a small jitted call with its parameters and state
+    donated. A whole-step jit would hand XLA every leaf at once, and XLA's compile time grows
+    with the buffers of a computation (1,000 leaves of Adam: 2 s; 10,000: 100 s and 12 GB); the
+    chunk computations are small and shared by every chunk of the same shapes (a model repeats
+    a few layer shapes), so the first call stays short."""
     from jaxupdate.fused import _call, _kernels
 
     k = _specs.KERNELS[spec.kind]
     name = _call.target("step", _kernels.handler)
+    sc, new_counts = _prep_fn(spec, plan.dtypes)(_counts_only(opt_state))
+    # The calls create a jax array object per output buffer (30,000 for 10,000 leaves of Adam)
+    # while the caller still holds the donated ones: Python's cyclic GC counts allocations, so
+    # it would scan its young generation dozens of times during the loop and promote all of
+    # them towards full collections. Paused until the result exists (as timeit does; nothing
+    # here makes a cycle): the caller then drops the donated arrays, which brings the count
+    # back down, and a steady training loop collects no more often than without ju.step.
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        new_p, new_s = _call.run(functools.partial(_chunk_step, name), plan, sc, p_leaves,
+                                 g_leaves, fields)
+        counted = type(opt_state)((*opt_state[:-1], new_counts[-1]))  # the advanced step count
+        new_state = k.rebuild(spec, counted, [treedef.unflatten(f) for f in new_s],
+                              increment=False)
+        result = (treedef.unflatten(new_p), new_state)
+    finally:
+        if gc_was_on:
+            gc.enable()
+    return result
+
+
+# (spec, params treedef) -> (the params' avals, the plan): a steady-state step (same tree, same
+# shapes) reuses its plan after comparing avals (jax hands out one aval object per shape and
+# dtype, so the comparison is by identity, ~0.1 us a leaf), instead of the layout checks and
+# the grouping by dtype, which cost microseconds a leaf (23 us a leaf in all at 10,000 leaves)
+_PLANS: dict = {}
+_PLANS_MAX = 16
+_aval = operator.attrgetter("aval")
+
+
+@functools.lru_cache(maxsize=None)
+def _array_type():
+    return type(jnp.zeros(()))  # jax's concrete array class (not a Tracer, not numpy)
+
+
+def _fast_eager_step(tx, spec, params, grads, opt_state):
+    """The eager fused step for concrete jax arrays, with its plan cached per tree layout;
+    ``None`` when another route must run (tracers, numpy leaves, a dtype without kernel, a
+    state that does not fit: the general route raises the named error)."""
+    from jaxupdate.fused import _call
+
+    k = _specs.KERNELS[spec.kind]
     p_leaves, treedef = jax.tree.flatten(params)
-    g_leaves = treedef.flatten_up_to(grads)
-    fields = [treedef.flatten_up_to(t) for t in k.state(spec, opt_state)]
-    chunks = _call.chunks(p_leaves, len(fields))
-    dtypes = tuple(sorted({dt for dt, _ in chunks}, key=str))
-    sc, new_counts = _prep_fn(spec, dtypes)(_counts_only(opt_state))
-    scalars = dict(zip(dtypes, sc))
-    new_p, new_s = list(p_leaves), [list(f) for f in fields]
-    for dtype, chunk in chunks:
-        out_p, out_s = _chunk_step(name, scalars[dtype], [p_leaves[i] for i in chunk],
-                                   [g_leaves[i] for i in chunk],
-                                   tuple([f[i] for i in chunk] for f in fields))
-        for j, i in enumerate(chunk):
-            new_p[i] = out_p[j]
-            for f, out in zip(new_s, out_s):
-                f[i] = out[j]
-    counted = type(opt_state)((*opt_state[:-1], new_counts[-1]))  # the advanced step count
-    new_state = k.rebuild(spec, counted, [treedef.unflatten(f) for f in new_s], increment=False)
-    return treedef.unflatten(new_p), new_state
+    try:
+        g_leaves = treedef.flatten_up_to(grads)
+        fields = [treedef.flatten_up_to(t) for t in k.state(spec, opt_state)]
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    if len(opt_state) != len(spec.blocks) + 1:
+        return None
+    types = set(map(type, p_leaves))
+    types.update(map(type, g_leaves))
+    for f in fields:
+        types.update(map(type, f))
+    if not types <= {_array_type()}:
+        return None
+    avals = list(map(_aval, p_leaves))
+    key = (spec, treedef)
+    entry = _PLANS.get(key)
+    if entry is None or entry[0] != avals:
+        _check(tx, spec, params, grads, opt_state)
+        if not all(a.dtype in _KERNEL_DTYPES for a in avals):
+            return None
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.pop(next(iter(_PLANS)))
+        entry = _PLANS[key] = (avals, _call.plan(avals, len(fields)))
+    elif list(map(_aval, g_leaves)) != avals or any(list(map(_aval, f)) != avals
+                                                     for f in fields):
+        _check(tx, spec, params, grads, opt_state)  # the named error (or weak types only)
+    g_leaves = _private_leaves(g_leaves, p_leaves, fields)
+    return _eager_kernel_step(spec, entry[1], treedef, p_leaves, g_leaves, fields, opt_state)
+
+
+def _private_leaves(g_leaves, p_leaves, fields):
+    """``g_leaves`` with copies of any leaf that is also a parameter or state array (see
+    :func:`_private_grads`), compared by id without building the donated set in the common
+    case."""
+    ids = set(map(id, g_leaves))
+    if ids.isdisjoint(map(id, p_leaves)) and all(ids.isdisjoint(map(id, f)) for f in fields):
+        return g_leaves
+    donated = set(map(id, p_leaves)).union(*(map(id, f) for f in fields))
+    return [jnp.copy(g) if id(g) in donated else g for g in g_leaves]
 
 
 def _xla_step(tx, params, grads, opt_state, **extra_args):
@@ -208,8 +281,9 @@ def step(tx, params, grads, opt_state, **extra_args):
     Under ``jax.jit`` it emits that computation (donate ``params`` and ``opt_state`` in your
     ``jit`` so the kernel updates them without copies); called outside ``jit`` it compiles
     itself once (the fused kernels: per chunk of leaves, so that thousands of leaves compile
-    in seconds) and donates ``params`` and ``opt_state``: the arrays passed in are consumed,
-    as ``torch.optim``'s ``step()`` overwrites its tensors. Not differentiable and not
+    in seconds; the plan of chunks is kept per tree structure, so later steps only check the
+    leaves' shapes and dtypes) and donates ``params`` and ``opt_state``: the arrays passed in
+    are consumed, as ``torch.optim``'s ``step()`` overwrites its tensors. Not differentiable and not
     vmappable with a fused optimizer (as torch's ``fused=True``): use ``fused=False`` there.
 
     Args:
@@ -232,20 +306,33 @@ def step(tx, params, grads, opt_state, **extra_args):
         Array([0.9, 1.9], dtype=float32)
     """
     spec = _specs.spec_of(tx)
+    if _kernel_backend(spec, extra_args):
+        out = _fast_eager_step(tx, spec, params, grads, opt_state)
+        if out is not None:
+            return out
     if _use_kernel(spec, params, extra_args):
         _check(tx, spec, params, grads, opt_state)
         if not (_is_traced(params) or _is_traced(grads) or _is_traced(opt_state)):
+            from jaxupdate.fused import _call
+
             grads = _private_grads(grads, params, opt_state)
-            return _eager_kernel_step(spec, params, grads, opt_state)
+            p_leaves, treedef = jax.tree.flatten(params)
+            fields = [treedef.flatten_up_to(t)
+                      for t in _specs.KERNELS[spec.kind].state(spec, opt_state)]
+            plan = _call.plan(p_leaves, len(fields))
+            return _eager_kernel_step(spec, plan, treedef, p_leaves,
+                                      treedef.flatten_up_to(grads), fields, opt_state)
         return _kernel_fn(spec)(params, grads, opt_state)
-    if _is_traced((params, grads, opt_state, extra_args)):
-        return _xla_step(tx, params, grads, opt_state, **extra_args)
-    grads = _private_grads(grads, params, opt_state)
-    try:
-        jitted = _eager_xla(tx)
-    except TypeError:  # a transformation that cannot be hashed: op by op
-        return _xla_step(tx, params, grads, opt_state, **extra_args)
-    return jitted(params, grads, opt_state, **extra_args)
+    # a fused transformation's update warns when called outside ju.step: not from here
+    with _specs.stepping(spec):
+        if _is_traced((params, grads, opt_state, extra_args)):
+            return _xla_step(tx, params, grads, opt_state, **extra_args)
+        grads = _private_grads(grads, params, opt_state)
+        try:
+            jitted = _eager_xla(tx)
+        except TypeError:  # a transformation that cannot be hashed: op by op
+            return _xla_step(tx, params, grads, opt_state, **extra_args)
+        return jitted(params, grads, opt_state, **extra_args)
 
 
 def fused_available(tx) -> bool:

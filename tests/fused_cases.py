@@ -71,12 +71,14 @@ def unfused_trajectory(tx, params, grads):
     return out
 
 
-def fused_trajectory(tx, params, grads):
-    """ju.step called eagerly (compiled once, params and state donated)."""
+def fused_trajectory(tx, params, grads, jax_grads=True):
+    """ju.step called eagerly (compiled once, params and state donated). ``jax_grads=False``
+    passes the numpy gradients as they are (ju.step's general eager route; jax arrays take the
+    route with the cached plan)."""
     p = jax.tree.map(jnp.asarray, params)
     s = tx.init(p)
     out = []
     for g in grads:
-        p, s = ju.step(tx, p, g, s)
+        p, s = ju.step(tx, p, jax.tree.map(jnp.asarray, g) if jax_grads else g, s)
         out.append(jax.tree.map(np.asarray, (p, s)))
     return out

@@ -274,3 +274,182 @@ def test_grads_that_are_the_params():
         s = tx.init(p)
         new, _ = ju.step(tx, p, p, s)
         np.testing.assert_allclose(np.asarray(new["w"]), np.arange(3.0) + 1 - 0.1, rtol=1e-6)
+
+
+def _steps_over_layouts(tx, params_list, grads_list, fused):
+    """Steps over a sequence of (params, grads) with one tree structure: params and state are
+    carried while the shapes and dtypes stay, else re-initialized from the new params. fused:
+    eager ju.step; else the XLA path, jitted (as unfused_trajectory)."""
+
+    @jax.jit
+    def xla_step(p, g, s):
+        u, s = tx.update(g, s, p)
+        return ju.apply_updates(p, u), s
+
+    def layout(tree):
+        return jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+
+    out = []
+    p = s = None
+    for params, grads in zip(params_list, grads_list):
+        fresh = jax.tree.map(jnp.asarray, params)
+        if p is None or layout(p) != layout(fresh):
+            p, s = fresh, tx.init(fresh)
+        g = jax.tree.map(jnp.asarray, grads)
+        p, s = ju.step(tx, p, g, s) if fused else xla_step(p, g, s)
+        out.append(jax.tree.map(np.asarray, (p, s)))
+    return out
+
+
+def test_cached_plan_follows_layout_changes():
+    """ju.step caches its chunk plan per tree structure and checks the leaves' avals each step:
+    the same structure with other shapes (an empty leaf becoming non-empty), other dtypes
+    (float32 and float64 leaves interleaved, then a bfloat16 leaf: the XLA path) is re-planned
+    and gives the XLA path's numbers; back to the first layout reuses nothing stale."""
+    rng = np.random.default_rng(3)
+    layouts = [
+        {"a": ((1001,), np.float64), "b": ((0,), np.float64), "c": ((7, 3), np.float64)},
+        {"a": ((1001,), np.float64), "b": ((5,), np.float64), "c": ((7, 3), np.float64)},
+        {"a": ((1001,), np.float32), "b": ((5,), np.float64), "c": ((7, 3), np.float32)},
+        {"a": ((9,), np.float32), "b": ((5,), jnp.bfloat16), "c": ((7, 3), np.float32)},
+        {"a": ((1001,), np.float64), "b": ((0,), np.float64), "c": ((7, 3), np.float64)},
+    ]
+    params_list, grads_list = [], []
+    for layout in layouts:
+        for _ in range(2):
+            params_list.append({k: rng.standard_normal(s).astype(d) for k, (s, d) in
+                                layout.items()})
+            grads_list.append({k: rng.standard_normal(s).astype(d) for k, (s, d) in
+                               layout.items()})
+    fused = _steps_over_layouts(ju.adam(lr=1e-2, fused=True), params_list, grads_list, True)
+    xla = _steps_over_layouts(ju.adam(lr=1e-2), params_list, grads_list, False)
+    # trees of 3 leaves: the XLA path's float32 division differs by 1 ulp (see
+    # test_adam_small_tree_within_one_ulp); float64 steps are bit for bit
+    _assert_same(fused, xla, maxulp=2)
+    assert all(np.array_equal(a, b) for (fa, _), (xa, _) in zip(fused, xla)
+               for a, b in zip(jax.tree.leaves(fa), jax.tree.leaves(xa))
+               if a.dtype == np.float64)
+
+
+def test_cached_plan_steady_state_no_checks_no_traces(monkeypatch):
+    """Once a layout has been stepped, the next steps skip the layout checks and the planning
+    (the per-leaf Python that cost ~20 us a leaf) and trace nothing new."""
+    tx = ju.adam(lr=1e-2, fused=True)
+    params, grads = problem(np.float32, steps=4)
+    p = jax.tree.map(jnp.asarray, params)
+    s = tx.init(p)
+    gs = [jax.tree.map(jnp.asarray, g) for g in grads]
+    p, s = ju.step(tx, p, gs[0], s)
+    traces = step_mod._chunk_step._cache_size()
+    checks = []
+    real_check = step_mod._check
+    monkeypatch.setattr(step_mod, "_check", lambda *a: checks.append(1) or real_check(*a))
+    for g in gs[1:]:
+        p, s = ju.step(tx, p, g, s)
+    assert checks == [] and step_mod._chunk_step._cache_size() == traces
+    expected = unfused_trajectory(ju.adam(lr=1e-2), params, grads)[-1]
+    _assert_same([jax.tree.map(np.asarray, (p, s))], [expected], maxulp=0)
+
+
+def test_cached_plan_bad_grads_raise_before_donating():
+    """A layout error after the plan was cached is still the named one, raised before any
+    buffer is donated (the params stay usable)."""
+    tx = ju.adam(lr=1e-2, fused=True)
+    params = {"w": jnp.ones(3), "b": jnp.ones(2)}
+    state = tx.init(params)
+    params, state = ju.step(tx, params, {"w": jnp.ones(3), "b": jnp.ones(2)}, state)
+    with pytest.raises(ValueError, match=r"grads\['w'\] has shape \(4,\) but params has \(3,\)"):
+        ju.step(tx, params, {"w": jnp.ones(4), "b": jnp.ones(2)}, state)
+    with pytest.raises(ValueError, match=r"grads\['b'\] has dtype float32"):
+        ju.step(tx, params, {"w": jnp.ones(3), "b": jnp.ones(2, jnp.float32)}, state)
+    assert not any(x.is_deleted() for x in jax.tree.leaves((params, state)))
+    ju.step(tx, params, {"w": jnp.ones(3), "b": jnp.ones(2)}, state)
+
+
+def test_numpy_grads_general_route():
+    """numpy gradients (not jax arrays) take ju.step's general eager route: same numbers."""
+    with jax.enable_x64(False):
+        params, grads = problem(np.float32)
+        tx = ju.adam(lr=1e-2, amsgrad=True, fused=True)
+        _assert_same(fused_trajectory(tx, params, grads, jax_grads=False),
+                     unfused_trajectory(ju.adam(lr=1e-2, amsgrad=True), params, grads))
+
+
+def test_kernel_rejects_mismatched_chunk_while_tracing():
+    """The chunk call checks its own layout when traced (a guard behind ju.step's checks: the
+    kernel would otherwise read a gradient of another length out of bounds)."""
+    from jaxupdate.fused import _call, _kernels
+
+    name = _call.target("step", _kernels.handler)
+    sc = jnp.zeros(15, jnp.float32)
+    with pytest.raises(_call.LayoutError, match="leaf 0"):
+        step_mod._chunk_step(name, sc, [jnp.ones(3, jnp.float32)], [jnp.ones(4, jnp.float32)],
+                             ([jnp.ones(3, jnp.float32)], [jnp.ones(3, jnp.float32)]))
+
+
+def _warnings_of(fn):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+    return [w for w in caught if issubclass(w.category, jf.FusedOutsideStepWarning)]
+
+
+def test_update_outside_step_warns_once():
+    """A fused transformation inside optax.chain, or its update called directly, runs the XLA
+    path: it warns once (per transformation), naming ju.step and fused=False."""
+    import optax
+
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.full(3, 0.5)}
+    tx = ju.adam(lr=1e-2, fused=True)
+    state = tx.init(params)
+    caught = _warnings_of(lambda: [tx.update(grads, state, params) for _ in range(3)])
+    assert len(caught) == 1
+    assert "ju.step(tx, params, grads, opt_state)" in str(caught[0].message)
+    assert "fused=False" in str(caught[0].message)
+    assert caught[0].filename == __file__  # points at the caller of update
+
+    chained = optax.chain(optax.clip_by_global_norm(1.0), ju.sgd(lr=0.1, fused=True))
+    cstate = chained.init(params)
+    assert len(_warnings_of(lambda: jax.jit(chained.update)(grads, cstate, params))) == 1
+    # ju.step on the chain: the fused optimizer inside it still runs the XLA path
+    chained = optax.chain(optax.clip_by_global_norm(1.0), ju.sgd(lr=0.1, fused=True))
+    assert len(_warnings_of(lambda: ju.step(chained, params, grads, chained.init(params)))) == 1
+    # fused=False never warns
+    plain = ju.adam(lr=1e-2)
+    assert _warnings_of(lambda: plain.update(grads, plain.init(params), params)) == []
+
+
+def test_step_own_xla_route_does_not_warn(monkeypatch):
+    """ju.step's own XLA route for a fused transformation (bfloat16 leaves; a GPU, forced here
+    with BACKEND="xla"; under the user's jit) is not a misuse: no warning."""
+    tx = ju.adam(lr=1e-2, fused=True)
+    bf = {"w": jnp.ones(3, jnp.bfloat16)}
+    assert _warnings_of(lambda: ju.step(tx, bf, bf, tx.init(bf))) == []
+    monkeypatch.setattr(step_mod, "BACKEND", "xla")
+    tx = ju.rmsprop(lr=1e-2, fused=True)
+    p = {"w": jnp.ones(3)}
+    assert _warnings_of(lambda: ju.step(tx, p, {"w": jnp.ones(3)}, tx.init(p))) == []
+    p = {"w": jnp.ones(3)}  # the one above was donated
+    assert _warnings_of(lambda: jax.jit(lambda p, s: ju.step(tx, p, p, s))(p, tx.init(p))) == []
+
+
+def test_gc_state_restored():
+    """The eager step pauses Python's GC while it creates its output arrays and restores the
+    caller's setting afterwards (enabled or not)."""
+    import gc
+
+    tx = ju.adam(lr=1e-2, fused=True)
+    p = {"w": jnp.ones(3)}
+    s = tx.init(p)
+    assert gc.isenabled()
+    p, s = ju.step(tx, p, {"w": jnp.ones(3)}, s)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        p, s = ju.step(tx, p, {"w": jnp.ones(3)}, s)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -7,11 +7,16 @@ and writes ``p`` and the state in place (buffers donated / aliased), a few calls
 leaves. On GPU ``jaxupdate.step`` uses the XLA path (XLA:GPU fuses it itself).
 
 numba is an optional dependency: ``pip install 'jaxupdate[fused]'`` (or ``pip install numba``).
+
+A fused transformation's ``update`` called other than by ``ju.step`` (inside ``optax.chain``,
+by a wrapper, directly) runs the XLA path and warns once (:class:`FusedOutsideStepWarning`).
 """
 
 from __future__ import annotations
 
 import importlib.util
+
+from jaxupdate.fused._specs import FusedOutsideStepWarning
 
 INSTALL_HINT = (
     "fused=True on CPU needs numba, which jaxupdate uses to compile its fused kernels: "
@@ -29,3 +34,6 @@ def require_numba() -> None:
     """Raises ``ImportError`` with the install command when numba is missing."""
     if not numba_available():
         raise ImportError(INSTALL_HINT)
+
+
+__all__ = ["INSTALL_HINT", "FusedOutsideStepWarning", "numba_available", "require_numba"]

@@ -8,6 +8,9 @@ state types, so checkpoints, ``to_torch`` and ``state_dict`` interop see no diff
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import warnings
 from typing import Any, Callable, NamedTuple, Tuple
 
 import jax
@@ -291,14 +294,57 @@ def adam_spec(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled) -> Fus
     return FusedSpec("adam", blocks, (lr, betas, eps, weight_decay), 3 if amsgrad else 2)
 
 
+class FusedOutsideStepWarning(UserWarning):
+    """A ``fused=True`` transformation's ``update`` ran outside :func:`jaxupdate.step`."""
+
+
+# the spec of the fused transformation jaxupdate.step is running through tx.update (its XLA
+# route: bfloat16 leaves, a GPU, extra arguments); None outside ju.step
+_STEPPING: contextvars.ContextVar = contextvars.ContextVar("jaxupdate_fused_stepping",
+                                                           default=None)
+
+
+@contextlib.contextmanager
+def stepping(spec):
+    """Marks ``spec``'s ``update`` calls as :func:`jaxupdate.step`'s own (no warning)."""
+    token = _STEPPING.set(spec)
+    try:
+        yield
+    finally:
+        _STEPPING.reset(token)
+
+
+def _warn_outside_step(tx, spec):
+    """``tx`` whose ``update`` warns once (:class:`FusedOutsideStepWarning`) when called other
+    than by ``ju.step`` on this transformation itself: inside ``optax.chain``, a wrapper, or
+    ``tx.update`` directly, the fused kernel cannot run (it writes the parameters, which
+    ``update`` only returns updates for) and the XLA path runs instead, same numbers."""
+    inner = tx.update
+    warned = []
+
+    def update(updates, state, params=None, **extra_args):
+        if not warned and _STEPPING.get() is not spec:
+            warned.append(True)
+            warnings.warn(
+                f"a fused=True {spec.kind} optimizer's update() was called outside ju.step "
+                "(inside optax.chain, a wrapper, or tx.update directly): that runs the XLA path "
+                "(same numbers), not the fused kernel. Step it with params, opt_state = "
+                "ju.step(tx, params, grads, opt_state) to run the kernel, or build it with "
+                "fused=False.", FusedOutsideStepWarning, stacklevel=2)
+        return inner(updates, state, params, **extra_args)
+
+    return tx._replace(update=update)
+
+
 def fused(tx, spec: FusedSpec):
     """``tx`` marked for :func:`jaxupdate.step`'s kernel (numba checked here, as torch checks
-    ``fused=True`` support at construction)."""
+    ``fused=True`` support at construction); its ``update`` warns when called outside
+    ``ju.step`` (:func:`_warn_outside_step`)."""
     from jaxupdate.fused import require_numba
 
     if jax.default_backend() == "cpu":
         require_numba()
-    return attach(tx, spec)
+    return attach(_warn_outside_step(tx, spec), spec)
 
 
 def with_fused(flag: bool, spec_fn_result: FusedSpec, tx):
