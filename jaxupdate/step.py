@@ -141,7 +141,7 @@ def _prep_fn(spec, dtypes):
 
     def prep(counts):
         scalars = tuple(k.scalars(spec, counts, dt) for dt in dtypes)
-        return scalars, _specs._advance(spec, counts, {})
+        return scalars, _specs.advance(spec, counts, {})
 
     return jax.jit(prep)
 

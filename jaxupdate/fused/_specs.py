@@ -134,10 +134,10 @@ def adam_rebuild(spec, state, arrays, increment=True):
     s = state[spec.blocks.index("adam")]
     new = s._replace(exp_avg=arrays[0], exp_avg_sq=arrays[1],
                      max_exp_avg_sq=arrays[2] if spec.n_state == 3 else None)
-    return _advance(spec, state, {"adam": new}, increment)
+    return advance(spec, state, {"adam": new}, increment)
 
 
-def _advance(spec, state, replaced, increment=True):
+def advance(spec, state, replaced, increment=True):
     """The chain state after one step: the step count (its last element) incremented (as
     ``counted_chain``'s ``update`` does; ``increment=False``: already done), the blocks in
     ``replaced`` (name -> new state) replaced."""
@@ -170,9 +170,9 @@ def sgd_state(spec, state):
 
 def sgd_rebuild(spec, state, arrays, increment=True):
     if "mom" not in spec.blocks:
-        return _advance(spec, state, {}, increment)
+        return advance(spec, state, {}, increment)
     new = _block(spec, state, "mom")._replace(momentum_buffer=arrays[0])
-    return _advance(spec, state, {"mom": new}, increment)
+    return advance(spec, state, {"mom": new}, increment)
 
 
 def adagrad_scalars(spec, state, dtype):
@@ -192,7 +192,7 @@ def adagrad_state(spec, state):
 
 def adagrad_rebuild(spec, state, arrays, increment=True):
     new = _block(spec, state, "adagrad")._replace(sum=arrays[0])
-    return _advance(spec, state, {"adagrad": new}, increment)
+    return advance(spec, state, {"adagrad": new}, increment)
 
 
 def rmsprop_scalars(spec, state, dtype):
@@ -230,7 +230,7 @@ def rmsprop_rebuild(spec, state, arrays, increment=True):
     if "mom" in spec.blocks:
         mom = _block(spec, state, "mom")
         replaced["mom"] = mom._replace(momentum_buffer=arrays[2 if centered else 1])
-    return _advance(spec, state, replaced, increment)
+    return advance(spec, state, replaced, increment)
 
 
 class Kernel(NamedTuple):
