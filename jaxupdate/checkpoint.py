@@ -53,6 +53,8 @@ from typing import Any, NamedTuple, Optional
 import jax
 import numpy as np
 
+from jaxupdate.fused._flat import flatten_like, unflatten_state
+
 __all__ = ["CheckpointManager", "Restored", "all_steps", "latest_step", "restore", "save"]
 
 
@@ -197,9 +199,11 @@ class CheckpointManager:
         if self.read_only:
             raise ValueError(f"this CheckpointManager of {self.directory} is read-only")
         ocp = self._ocp
+        # a fused optimizer's flat state is saved per leaf, as fused=False holds it: the
+        # checkpoint restores into either (and on a GPU, where the state is per leaf)
         items = {
             "params": ocp.args.StandardSave(params),
-            "opt_state": ocp.args.StandardSave(opt_state),
+            "opt_state": ocp.args.StandardSave(unflatten_state(opt_state)),
             "extra": ocp.args.JsonSave(dict(extra or {})),
         }
         return self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
@@ -234,7 +238,7 @@ class CheckpointManager:
                 f"no checkpoint of step {step} in {self.directory} "
                 f"(steps: {list(self._manager.all_steps())})"
             )
-        p_like, s_like = _abstract(params_like), _abstract(opt_state_like)
+        p_like, s_like = _abstract(params_like), _abstract(unflatten_state(opt_state_like))
         meta = self._manager.item_metadata(step)
         _check_leaves("params", meta["params"], p_like, cast)
         _check_leaves("opt_state", meta["opt_state"], s_like, cast)
@@ -244,7 +248,8 @@ class CheckpointManager:
             "extra": ocp.args.JsonRestore(),
         }
         r = self._manager.restore(step, args=ocp.args.Composite(**items))
-        return Restored(step, r["params"], r["opt_state"], r["extra"])
+        opt_state = flatten_like(r["opt_state"], opt_state_like)  # the template's layout
+        return Restored(step, r["params"], opt_state, r["extra"])
 
     def latest_step(self) -> Optional[int]:
         """The newest complete step, or None."""

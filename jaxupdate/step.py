@@ -32,11 +32,40 @@ def _layout(tree):
     return treedef, tuple((np.shape(x), np.dtype(x.dtype)) for x in leaves)
 
 
+def _flat_fields(spec, opt_state):
+    """The kernel's state fields of ``opt_state`` when it is a fused chain's state whose fields
+    are all flat (:class:`jaxupdate.fused._flat.FlatLeaves`, as ``tx.init`` builds them on
+    CPU), else ``None`` (a per-leaf state, e.g. built on a GPU, runs the XLA path)."""
+    from jaxupdate.fused._flat import is_flat
+
+    try:
+        if len(opt_state) != len(spec.blocks) + 1:
+            return None
+        fields = _specs.KERNELS[spec.kind].state(spec, opt_state)
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return fields if all(map(is_flat, fields)) else None
+
+
+def _fits(fields, treedef, shapes, dtypes) -> bool:
+    """Whether flat state ``fields`` were laid out for these parameters and hold buffers of
+    their layout's sizes (what the kernel reads: a wrong size would be read out of bounds)."""
+    for f in fields:
+        lay = f.layout
+        if lay.treedef != treedef or lay.shapes != shapes or lay.dtypes != dtypes:
+            return False
+        if len(f.buffers) != len(lay.sizes) or any(
+                np.shape(b) != (n,) or np.dtype(b.dtype) != dt
+                for b, n, dt in zip(f.buffers, lay.sizes, lay.group_dtypes)):
+            return False
+    return True
+
+
 def _check(tx, spec, params, grads, opt_state):
     """The layout checks of the XLA path (``validate_inputs``: grads against params, the
     state against what ``tx.init`` builds for them), before any kernel reads a buffer: an
     array of another shape would be read out of bounds. Compared as (treedef, shapes,
-    dtypes) first, the state through the arrays the kernel reads; on a mismatch the
+    dtypes) first, the flat state through its layout and buffer sizes; on a mismatch the
     validators that name the first mismatching path run."""
     from jaxupdate.transforms.validate import (
         OptimizerInputError,
@@ -47,16 +76,11 @@ def _check(tx, spec, params, grads, opt_state):
     p_layout = _layout(params)
     if _layout(grads) != p_layout:
         check_same_layout(grads, params, "grads", "params")
-    try:
-        fields = _specs.KERNELS[spec.kind].state(spec, opt_state)
-        # the chain's state: one entry per block, then the step count
-        ok = len(opt_state) == len(spec.blocks) + 1 and all(
-            _layout(f) == p_layout for f in fields
-        )
-    except (AttributeError, IndexError, TypeError, ValueError):
-        ok = False
+    fields = _flat_fields(spec, opt_state)
+    treedef, shapes = p_layout
+    ok = fields is not None and _fits(fields, treedef, tuple(s for s, _ in shapes),
+                                      tuple(d for _, d in shapes))
     if not ok:
-        treedef, shapes = p_layout
         abstract = treedef.unflatten([jax.ShapeDtypeStruct(s, d) for s, d in shapes])
         check_state_fits(opt_state, jax.eval_shape(tx.init, abstract), "params", None)
         raise OptimizerInputError("opt_state does not hold the state tx.init builds for params")
@@ -93,10 +117,18 @@ def _not_batchable(*_):
     )
 
 
+def _with_buffers(spec, opt_state, fields, new_buffers, increment):
+    from jaxupdate.fused._flat import FlatLeaves
+
+    new = [FlatLeaves(b, f.layout) for f, b in zip(fields, new_buffers)]
+    return _specs.KERNELS[spec.kind].rebuild(spec, opt_state, new, increment=increment)
+
+
 @functools.lru_cache(maxsize=None)
 def _kernel_fn(spec):
-    """(params, grads, opt_state) -> (params, opt_state) through the FFI kernel; refuses
-    jvp / vjp (custom_jvp) and vmap (custom_vmap) with a message naming the XLA path."""
+    """(params, grads, opt_state) -> (params, opt_state) through the FFI kernel, for flat state
+    (checked by the caller); refuses jvp / vjp (custom_jvp) and vmap (custom_vmap) with a
+    message naming the XLA path."""
     from jaxupdate.fused import _call, _kernels
 
     k = _specs.KERNELS[spec.kind]
@@ -105,12 +137,12 @@ def _kernel_fn(spec):
     def run(params, grads, opt_state):
         p_leaves, treedef = jax.tree.flatten(params)
         g_leaves = treedef.flatten_up_to(grads)
-        fields = [treedef.flatten_up_to(t) for t in k.state(spec, opt_state)]
-        dtypes = {np.dtype(x.dtype) for x in p_leaves}
-        scalars = {dt: k.scalars(spec, opt_state, dt) for dt in dtypes}
-        new_p, new_s = _call.call(name, scalars, p_leaves, g_leaves, fields)
-        new_state = k.rebuild(spec, opt_state, [treedef.unflatten(s) for s in new_s])
-        return treedef.unflatten(new_p), new_state
+        fields = k.state(spec, opt_state)
+        plan = _call.plan(p_leaves, len(fields))
+        scalars = [k.scalars(spec, opt_state, dt) for dt in plan.dtypes]
+        new_p, new_b = _call.run(functools.partial(_call.call_chunk, name), plan, scalars,
+                                 plan.offsets, p_leaves, g_leaves, [f.buffers for f in fields])
+        return treedef.unflatten(new_p), _with_buffers(spec, opt_state, fields, new_b, True)
 
     batched = jax.custom_batching.custom_vmap(run)
     batched.def_vmap(_not_batchable)
@@ -119,11 +151,11 @@ def _kernel_fn(spec):
     return guarded
 
 
-@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2, 4))
-def _chunk_step(name, sc, params, grads, states):
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(3, 5))
+def _chunk_step(name, sc, offset, params, grads, buffers):
     from jaxupdate.fused import _call
 
-    return _call.call_chunk(name, sc, params, grads, states)
+    return _call.call_chunk(name, sc, offset, params, grads, buffers)
 
 
 def _counts_only(opt_state):
@@ -146,19 +178,18 @@ def _prep_fn(spec, dtypes):
     return jax.jit(prep)
 
 
-def _eager_kernel_step(spec, plan, treedef, p_leaves, g_leaves, fields, opt_state):
+def _eager_kernel_step(spec, plan, offsets, treedef, p_leaves, g_leaves, fields, opt_state):
     """Outside jit: the kernel calls run chunk by chunk (``plan``, see
-    :func:`jaxupdate.fused._call.plan`), each a small jitted call with its parameters and state
-    donated. A whole-step jit would hand XLA every leaf at once, and XLA's compile time grows
-    with the buffers of a computation (1,000 leaves of Adam: 2 s; 10,000: 100 s and 12 GB); the
-    chunk computations are small and shared by every chunk of the same shapes (a model repeats
-    a few layer shapes), so the first call stays short."""
+    :func:`jaxupdate.fused._call.plan`), each a small jitted call with its parameters and the
+    flat state buffers donated. A whole-step jit would hand XLA every leaf at once, and XLA's
+    compile time grows with the buffers of a computation (1,000 leaves of Adam: 2 s; 10,000:
+    100 s and 12 GB); the chunk computations are small and shared by every chunk of the same
+    shapes (a model repeats a few layer shapes), so the first call stays short."""
     from jaxupdate.fused import _call, _kernels
 
-    k = _specs.KERNELS[spec.kind]
     name = _call.target("step", _kernels.handler)
     sc, new_counts = _prep_fn(spec, plan.dtypes)(_counts_only(opt_state))
-    # The calls create a jax array object per output buffer (30,000 for 10,000 leaves of Adam)
+    # The calls create a jax array object per output parameter (10,000 for 10,000 leaves)
     # while the caller still holds the donated ones: Python's cyclic GC counts allocations, so
     # it would scan its young generation dozens of times during the loop and promote all of
     # them towards full collections. Paused until the result exists (as timeit does; nothing
@@ -167,22 +198,23 @@ def _eager_kernel_step(spec, plan, treedef, p_leaves, g_leaves, fields, opt_stat
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
-        new_p, new_s = _call.run(functools.partial(_chunk_step, name), plan, sc, p_leaves,
-                                 g_leaves, fields)
+        new_p, new_b = _call.run(functools.partial(_chunk_step, name), plan, sc, offsets,
+                                 p_leaves, g_leaves, [f.buffers for f in fields])
         counted = type(opt_state)((*opt_state[:-1], new_counts[-1]))  # the advanced step count
-        new_state = k.rebuild(spec, counted, [treedef.unflatten(f) for f in new_s],
-                              increment=False)
-        result = (treedef.unflatten(new_p), new_state)
+        result = (treedef.unflatten(new_p),
+                  _with_buffers(spec, counted, fields, new_b, False))
     finally:
         if gc_was_on:
             gc.enable()
     return result
 
 
-# (spec, params treedef) -> (the params' avals, the plan): a steady-state step (same tree, same
-# shapes) reuses its plan after comparing avals (jax hands out one aval object per shape and
-# dtype, so the comparison is by identity, ~0.1 us a leaf), instead of the layout checks and
-# the grouping by dtype, which cost microseconds a leaf (23 us a leaf in all at 10,000 leaves)
+# (spec, params treedef) -> (the params' avals, the plan, its offsets on the device, the
+# fields' layout last seen): a steady-state step (same tree, same shapes) reuses its plan after
+# comparing avals (jax hands out one aval object per shape and dtype, so the comparison is by
+# identity, ~0.1 us a leaf) and the flat state's layout (by identity: tx.init and every step
+# pass the same layout object on), instead of the layout checks and the grouping by dtype,
+# which cost microseconds a leaf
 _PLANS: dict = {}
 _PLANS_MAX = 16
 _aval = operator.attrgetter("aval")
@@ -194,51 +226,60 @@ def _array_type():
 
 
 def _fast_eager_step(tx, spec, params, grads, opt_state):
-    """The eager fused step for concrete jax arrays, with its plan cached per tree layout;
-    ``None`` when another route must run (tracers, numpy leaves, a dtype without kernel, a
-    state that does not fit: the general route raises the named error)."""
+    """The eager fused step for concrete jax arrays and flat state, with its plan cached per
+    tree layout; ``None`` when another route must run (tracers, numpy leaves, a dtype without
+    kernel, a per-leaf state; a state that does not fit raises the named error)."""
     from jaxupdate.fused import _call
 
-    k = _specs.KERNELS[spec.kind]
+    fields = _flat_fields(spec, opt_state)
+    if fields is None:
+        return None
     p_leaves, treedef = jax.tree.flatten(params)
     try:
         g_leaves = treedef.flatten_up_to(grads)
-        fields = [treedef.flatten_up_to(t) for t in k.state(spec, opt_state)]
-    except (AttributeError, IndexError, TypeError, ValueError):
-        return None
-    if len(opt_state) != len(spec.blocks) + 1:
+    except (TypeError, ValueError):
         return None
     types = set(map(type, p_leaves))
     types.update(map(type, g_leaves))
     for f in fields:
-        types.update(map(type, f))
+        types.update(map(type, f.buffers))
     if not types <= {_array_type()}:
         return None
     avals = list(map(_aval, p_leaves))
     key = (spec, treedef)
     entry = _PLANS.get(key)
     if entry is None or entry[0] != avals:
-        _check(tx, spec, params, grads, opt_state)
         if not all(a.dtype in _KERNEL_DTYPES for a in avals):
             return None
+        _check(tx, spec, params, grads, opt_state)
         if len(_PLANS) >= _PLANS_MAX:
             _PLANS.pop(next(iter(_PLANS)))
-        entry = _PLANS[key] = (avals, _call.plan(avals, len(fields)))
-    elif list(map(_aval, g_leaves)) != avals or any(list(map(_aval, f)) != avals
-                                                     for f in fields):
+        plan = _call.plan(avals, len(fields))
+        offsets = tuple(jax.device_put(o) for o in plan.offsets)
+        entry = _PLANS[key] = [avals, plan, offsets, fields[0].layout if fields else None]
+    elif list(map(_aval, g_leaves)) != avals:
         _check(tx, spec, params, grads, opt_state)  # the named error (or weak types only)
+    if fields:
+        seen = entry[3]
+        if any(f.layout is not seen for f in fields) or any(
+                b.aval.shape != (n,) for f in fields
+                for b, n in zip(f.buffers, f.layout.sizes)):
+            _check(tx, spec, params, grads, opt_state)  # raises if they do not fit
+            entry[3] = fields[0].layout
     g_leaves = _private_leaves(g_leaves, p_leaves, fields)
-    return _eager_kernel_step(spec, entry[1], treedef, p_leaves, g_leaves, fields, opt_state)
+    return _eager_kernel_step(spec, entry[1], entry[2], treedef, p_leaves, g_leaves, fields,
+                              opt_state)
 
 
 def _private_leaves(g_leaves, p_leaves, fields):
-    """``g_leaves`` with copies of any leaf that is also a parameter or state array (see
+    """``g_leaves`` with copies of any leaf that is also a parameter or state buffer (see
     :func:`_private_grads`), compared by id without building the donated set in the common
     case."""
     ids = set(map(id, g_leaves))
-    if ids.isdisjoint(map(id, p_leaves)) and all(ids.isdisjoint(map(id, f)) for f in fields):
+    if ids.isdisjoint(map(id, p_leaves)) and all(ids.isdisjoint(map(id, f.buffers))
+                                                 for f in fields):
         return g_leaves
-    donated = set(map(id, p_leaves)).union(*(map(id, f) for f in fields))
+    donated = set(map(id, p_leaves)).union(*(map(id, f.buffers) for f in fields))
     return [jnp.copy(g) if id(g) in donated else g for g in g_leaves]
 
 
@@ -310,17 +351,16 @@ def step(tx, params, grads, opt_state, **extra_args):
         out = _fast_eager_step(tx, spec, params, grads, opt_state)
         if out is not None:
             return out
-    if _use_kernel(spec, params, extra_args):
+    if _use_kernel(spec, params, extra_args) and _flat_fields(spec, opt_state) is not None:
         _check(tx, spec, params, grads, opt_state)
         if not (_is_traced(params) or _is_traced(grads) or _is_traced(opt_state)):
             from jaxupdate.fused import _call
 
             grads = _private_grads(grads, params, opt_state)
             p_leaves, treedef = jax.tree.flatten(params)
-            fields = [treedef.flatten_up_to(t)
-                      for t in _specs.KERNELS[spec.kind].state(spec, opt_state)]
+            fields = _flat_fields(spec, opt_state)
             plan = _call.plan(p_leaves, len(fields))
-            return _eager_kernel_step(spec, plan, treedef, p_leaves,
+            return _eager_kernel_step(spec, plan, plan.offsets, treedef, p_leaves,
                                       treedef.flatten_up_to(grads), fields, opt_state)
         return _kernel_fn(spec)(params, grads, opt_state)
     # a fused transformation's update warns when called outside ju.step: not from here

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxupdate as ju
+from jaxupdate.fused import unflatten_state
 
 # every fused optimizer and option (torch's names)
 CASES = [
@@ -80,5 +81,6 @@ def fused_trajectory(tx, params, grads, jax_grads=True):
     out = []
     for g in grads:
         p, s = ju.step(tx, p, jax.tree.map(jnp.asarray, g) if jax_grads else g, s)
-        out.append(jax.tree.map(np.asarray, (p, s)))
+        # a fused optimizer's flat state, compared per leaf (the values fused=False holds)
+        out.append(jax.tree.map(np.asarray, (p, unflatten_state(s))))
     return out

@@ -137,7 +137,7 @@ def test_one_kernel_call_per_chunk():
     params = [jnp.zeros((5,), jnp.float32) for _ in range(1000)]
     tx = ju.adam(fused=True)
     jaxpr = str(jax.make_jaxpr(lambda p, s: ju.step(tx, p, p, s))(params, tx.init(params)))
-    per_call = _call.CHUNK // 3
+    per_call = _call.CHUNK - 2  # the parameters, and Adam's two flat state buffers
     assert jaxpr.count("ffi_call[") == -(-1000 // per_call)
     assert jaxpr.count(" sqrt") == 1  # Adam's bias correction, once; no per-leaf arithmetic
 
@@ -297,7 +297,7 @@ def _steps_over_layouts(tx, params_list, grads_list, fused):
             p, s = fresh, tx.init(fresh)
         g = jax.tree.map(jnp.asarray, grads)
         p, s = ju.step(tx, p, g, s) if fused else xla_step(p, g, s)
-        out.append(jax.tree.map(np.asarray, (p, s)))
+        out.append(jax.tree.map(np.asarray, (p, jf.unflatten_state(s))))
     return out
 
 
@@ -348,7 +348,7 @@ def test_cached_plan_steady_state_no_checks_no_traces(monkeypatch):
         p, s = ju.step(tx, p, g, s)
     assert checks == [] and step_mod._chunk_step._cache_size() == traces
     expected = unfused_trajectory(ju.adam(lr=1e-2), params, grads)[-1]
-    _assert_same([jax.tree.map(np.asarray, (p, s))], [expected], maxulp=0)
+    _assert_same([jax.tree.map(np.asarray, (p, jf.unflatten_state(s)))], [expected], maxulp=0)
 
 
 def test_cached_plan_bad_grads_raise_before_donating():
@@ -383,8 +383,12 @@ def test_kernel_rejects_mismatched_chunk_while_tracing():
     name = _call.target("step", _kernels.handler)
     sc = jnp.zeros(15, jnp.float32)
     with pytest.raises(_call.LayoutError, match="leaf 0"):
-        step_mod._chunk_step(name, sc, [jnp.ones(3, jnp.float32)], [jnp.ones(4, jnp.float32)],
-                             ([jnp.ones(3, jnp.float32)], [jnp.ones(3, jnp.float32)]))
+        step_mod._chunk_step(name, sc, _call._offset(0), [jnp.ones(3, jnp.float32)],
+                             [jnp.ones(4, jnp.float32)],
+                             (jnp.ones(3, jnp.float32), jnp.ones(3, jnp.float32)))
+    with pytest.raises(_call.LayoutError, match="state buffer"):
+        step_mod._chunk_step(name, sc, _call._offset(0), [jnp.ones(3, jnp.float32)],
+                             [jnp.ones(3, jnp.float32)], (jnp.ones(3, jnp.float64),))
 
 
 def _warnings_of(fn):
@@ -453,3 +457,142 @@ def test_gc_state_restored():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+# ------------------------------------------------------------------------------------------
+# flat state (jaxupdate.fused._flat): what tx.init holds on CPU, and its boundaries
+
+
+def test_flat_layout_round_trip():
+    """Leaves of two dtypes (empty and 0-d ones too) in one buffer per dtype, in flatten
+    order, and back exactly; another layout is refused; jit and tree_map see the buffers."""
+    tree = {"a": jnp.arange(6.0, dtype=jnp.float32).reshape(2, 3),
+            "b": jnp.zeros((0,), jnp.float64), "c": jnp.asarray(2.0, jnp.float64),
+            "d": jnp.arange(5.0, dtype=jnp.float32) + 10, "e": jnp.zeros((3, 0), jnp.float32)}
+    f = jf.FlatLeaves.from_tree(tree)
+    assert [(b.shape, b.dtype) for b in f.buffers] == [((11,), jnp.float32), ((1,), jnp.float64)]
+    np.testing.assert_array_equal(f.buffers[0], np.r_[np.arange(6.0), np.arange(5.0) + 10])
+    back = f.to_tree()
+    assert jax.tree.structure(back) == jax.tree.structure(tree)
+    for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(tree)):
+        assert x.shape == y.shape and x.dtype == y.dtype
+        np.testing.assert_array_equal(x, y)
+    assert len(jax.tree.leaves(f)) == 2
+    g = jax.jit(lambda f: jax.tree.map(lambda b: b * 2, f))(f)
+    assert g.layout == f.layout
+    np.testing.assert_array_equal(g.to_tree()["d"], 2 * tree["d"])
+    with pytest.raises(ValueError, match="layout"):
+        jf.FlatLeaves.from_tree({**tree, "d": jnp.ones(4, jnp.float32)}, f.layout)
+
+
+def test_fused_state_is_flat_on_cpu():
+    """On CPU tx.init holds the kernel's state fields flat (same values and, unflattened, the
+    same types as fused=False); bfloat16 parameters keep per-leaf state (the XLA path)."""
+    params = {"w": jnp.ones((3, 4)), "b": jnp.zeros(0), "s": jnp.ones(())}
+    for name, kw in [("adam", {"amsgrad": True}), ("sgd", {"momentum": 0.9}),
+                     ("adagrad", {"initial_accumulator_value": 0.3}),
+                     ("rmsprop", {"centered": True, "momentum": 0.5})]:
+        flat = make(name, kw, True).init(params)
+        plain = make(name, kw, False).init(params)
+        assert jf.has_flat(flat) and not jf.has_flat(plain)
+        _assert_same([(params, jf.unflatten_state(flat))], [(params, plain)])
+        assert jf.flatten_like(plain, flat).__repr__() == flat.__repr__()
+    assert not jf.has_flat(ju.adam(fused=True).init({"w": jnp.ones(3, jnp.bfloat16)}))
+
+
+def test_per_leaf_state_takes_xla_path():
+    """A per-leaf state (fused=False's, or unflattened) given to ju.step with a fused
+    optimizer runs the XLA path, with the same numbers, and stays per leaf."""
+    params, grads = problem(np.float64, steps=3)
+    tx = ju.adam(lr=1e-2, amsgrad=True, fused=True)
+    p = jax.tree.map(jnp.asarray, params)
+    s = jf.unflatten_state(tx.init(p))
+    jaxpr = str(jax.make_jaxpr(lambda p, g, s: ju.step(tx, p, g, s))(p, p, s))
+    assert "ffi_call" not in jaxpr
+    out = []
+    for g in grads:
+        p, s = ju.step(tx, p, jax.tree.map(jnp.asarray, g), s)
+        assert not jf.has_flat(s)
+        out.append(jax.tree.map(np.asarray, (p, s)))
+    _assert_same(out, unfused_trajectory(ju.adam(lr=1e-2, amsgrad=True), params, grads))
+
+
+def test_mixed_dtypes_share_no_buffer():
+    """float32 and float64 leaves interleaved: one flat buffer per dtype, each leaf at its
+    offset. Every leaf ends bit for bit where a run over its dtype's leaves alone ends (the
+    offsets address the right elements), and float64 where the XLA path does."""
+    rng = np.random.default_rng(7)
+    shapes = [(3001,), (5,), (), (0,), (200, 3), (17,)] * 20
+    params = {f"p{i:03d}": rng.standard_normal(s).astype(np.float32 if i % 3 else np.float64)
+              for i, s in enumerate(shapes)}
+    grads = [{k: rng.standard_normal(v.shape).astype(v.dtype) for k, v in params.items()}
+             for _ in range(4)]
+
+    def only(tree, dtype):
+        return {k: v for k, v in tree.items() if v.dtype == dtype}
+
+    for name, kw in [("adam", {"weight_decay": 0.1}), ("rmsprop", {"momentum": 0.9})]:
+        tx = make(name, kw, True)
+        mixed = fused_trajectory(tx, params, grads)
+        for dt in (np.float32, np.float64):
+            alone = fused_trajectory(tx, only(params, dt), [only(g, dt) for g in grads])
+            for (mp, _), (ap, _) in zip(mixed, alone):
+                for k, v in ap.items():
+                    np.testing.assert_array_equal(mp[k], v)
+        xla = unfused_trajectory(make(name, kw, False), params, grads)
+        for (mp, ms), (xp, xs) in zip(mixed, xla):
+            for a, b in zip(jax.tree.leaves((mp, ms)), jax.tree.leaves((xp, xs))):
+                if a.dtype == np.float64:
+                    np.testing.assert_array_equal(a, b)
+
+
+def test_flat_state_interop_and_checkpoint(tmp_path):
+    """The flat state itself (not unflattened by the test) through torch_state_dict,
+    load_torch_state_dict and jaxupdate.checkpoint: the same as fused=False's, and loaded
+    back flat; checkpoints restore across fused and unfused."""
+    from jaxupdate import checkpoint
+
+    # orbax refuses zero-size arrays, so no empty leaves here
+    params, grads = problem(np.float64, steps=2, shapes=[(1001,), (), (7, 13), (1,)] * 3)
+    tx_f, tx_u = ju.adam(lr=1e-2, amsgrad=True, fused=True), ju.adam(lr=1e-2, amsgrad=True)
+    pf = jax.tree.map(jnp.asarray, params)
+    sf = tx_f.init(pf)
+    for g in grads:
+        pf, sf = ju.step(tx_f, pf, jax.tree.map(jnp.asarray, g), sf)
+    pu, su = unfused_trajectory(tx_u, params, grads)[-1]
+    assert jf.has_flat(sf)
+    a, b = ju.torch_state_dict(tx_f, sf, pf), ju.torch_state_dict(tx_u, su, pu)
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        for key, v in b["state"][k].items():
+            np.testing.assert_array_equal(np.asarray(a["state"][k][key]), np.asarray(v))
+    loaded = ju.load_torch_state_dict(tx_f, b, pf)
+    assert jf.has_flat(loaded)
+    _assert_same([(pf, jf.unflatten_state(loaded))], [(pu, su)])
+    # checkpoints hold the per-leaf state: either optimizer restores either's
+    checkpoint.save(tmp_path / "f", pf, sf, step=2)
+    checkpoint.save(tmp_path / "u", pu, su, step=2)
+    for d in ("f", "u"):
+        r = checkpoint.restore(tmp_path / d, pf, jax.eval_shape(tx_f.init, pf))
+        assert jf.has_flat(r.opt_state)
+        _assert_same([(r.params, jf.unflatten_state(r.opt_state))], [(pu, su)])
+        r = checkpoint.restore(tmp_path / d, pu, tx_u.init(pu))
+        _assert_same([(r.params, r.opt_state)], [(pu, su)])
+    # and the restored flat state steps on with the kernel
+    g = jax.tree.map(jnp.asarray, grads[0])
+    r = checkpoint.restore(tmp_path / "u", pf, jax.eval_shape(tx_f.init, pf))
+    p2, s2 = ju.step(tx_f, r.params, g, r.opt_state)
+    assert jf.has_flat(s2)
+
+
+def test_flat_state_of_wrong_size_raises():
+    """Flat buffers cut short (a tree_map over the state) are refused with the named error
+    before the kernel could read past them, on the cached-plan route too."""
+    tx = ju.adam(lr=1e-2, fused=True)
+    params = {"w": jnp.ones(30), "b": jnp.ones(2)}
+    state = tx.init(params)
+    params, state = ju.step(tx, params, {"w": jnp.ones(30), "b": jnp.ones(2)}, state)
+    short = jax.tree.map(lambda x: x[:-1] if x.ndim == 1 else x, state)
+    with pytest.raises(ValueError, match="opt_state"):
+        ju.step(tx, params, {"w": jnp.ones(30), "b": jnp.ones(2)}, short)
+    assert not any(x.is_deleted() for x in jax.tree.leaves((params, state)))

@@ -4,9 +4,12 @@ Layout (why chunks): XLA's compile time grows faster than linearly with the numb
 ``input_output_aliases`` pairs on one custom call (measured, jaxlib 0.10.2, 2-core CPU: 100
 aliased buffers 0.03 s, 1,000 3.7 s, 2,000 39 s), so one call per dtype holding every leaf does
 not scale. Calls of at most ``CHUNK`` aliased buffers keep that cost linear (1,000 leaves of
-100 aliases each: 0.27 s), and each call still walks many leaves in one pass. Empty leaves are
-not passed at all (nothing to update). Outside ``jit``, ``jaxupdate.step`` jits each chunk on
-its own (:func:`call_chunk`), since XLA's cost also grows with the buffers of one computation.
+100 aliases each: 0.27 s), and each call still walks many leaves in one pass. Each call passes
+the parameters and gradients of its leaves and the whole flat state buffers of their dtype
+(``jaxupdate.fused._flat``) with the offset of its first leaf in them; the buffers go from one
+call to the next. Empty leaves are not passed at all (nothing to update). Outside ``jit``,
+``jaxupdate.step`` jits each chunk on its own (:func:`call_chunk`), since XLA's cost also grows
+with the buffers of one computation.
 
 The grouping is a :class:`Plan`, computed once per tree layout (``jaxupdate.step`` caches it):
 a steady-state step then only slices its leaf lists, with no per-leaf Python.
@@ -45,13 +48,18 @@ class LayoutError(ValueError):
 class Plan(NamedTuple):
     """How one tree layout's leaves are cut into kernel calls.
 
-    ``dtypes``: the dtype of each scalar vector; ``calls``: ``(dtype index, start, stop)``
-    slices of the leaves in ``order``; ``n_run``: ordered leaves the kernel updates (those after
+    ``dtypes``: the dtype of each scalar vector; ``groups``: per dtype, its buffer's index in
+    the flat state (:class:`jaxupdate.fused._flat.FlatLayout` ``group_dtypes``, which also
+    counts dtypes whose leaves are all empty); ``calls``: ``(dtype index, start, stop)`` slices
+    of the leaves in ``order``; ``offsets``: per call, the int32[2] ``(lo, hi)`` offset of its
+    first leaf in the flat buffers; ``n_run``: ordered leaves the kernel updates (those after
     it are empty and passed through); ``gather`` / ``scatter``: leaf list -> ordered tuple and
     back (``None`` when the order is the leaves' own)."""
 
     dtypes: tuple
+    groups: tuple
     calls: tuple
+    offsets: tuple
     n_run: int
     gather: Optional[Callable]
     scatter: Optional[Callable]
@@ -65,97 +73,103 @@ def _getter(indices):
     return itemgetter(*indices)
 
 
+def _offset(n: int) -> np.ndarray:
+    # int32 (lo, hi): jax without x64 has no int64 operand; lo + hi * 2**31 covers any size
+    return np.array([n % 2**31, n // 2**31], np.int32)
+
+
 def plan(params, n_state: int) -> Plan:
     """The :class:`Plan` of leaves ``params`` (anything with ``shape`` and ``dtype``): non-empty
-    leaves grouped by dtype (sorted by name), at most ``CHUNK`` aliased buffers (parameter and
-    state arrays) per call."""
+    leaves grouped by dtype (sorted by name), at most ``CHUNK`` aliased buffers (parameters and
+    the ``n_state`` flat state buffers) per call."""
     groups: dict = {}
     empty = []
+    sizes = []
     for i, p in enumerate(params):
-        if math.prod(p.shape) == 0:
+        n = math.prod(p.shape)
+        sizes.append(n)
+        if n == 0:
             empty.append(i)
         else:
             groups.setdefault(np.dtype(p.dtype), []).append(i)
+    all_dtypes = sorted({np.dtype(p.dtype) for p in params}, key=str)
     dtypes = tuple(sorted(groups, key=str))
-    per_call = max(1, CHUNK // (1 + n_state))
-    order, calls = [], []
+    per_call = max(1, CHUNK - n_state)
+    order, calls, offsets = [], [], []
     for d, dt in enumerate(dtypes):
         idx = groups[dt]
-        calls += [(d, len(order) + s, len(order) + min(s + per_call, len(idx)))
-                  for s in range(0, len(idx), per_call)]
+        pos = 0
+        for s in range(0, len(idx), per_call):
+            part = idx[s:s + per_call]
+            calls.append((d, len(order) + s, len(order) + s + len(part)))
+            offsets.append(_offset(pos))
+            pos += sum(sizes[i] for i in part)
         order += idx
     n_run = len(order)
     order += empty
+    index = tuple(all_dtypes.index(dt) for dt in dtypes)
     if order == list(range(len(order))):
-        return Plan(dtypes, tuple(calls), n_run, None, None)
+        return Plan(dtypes, index, tuple(calls), tuple(offsets), n_run, None, None)
     inverse = [0] * len(order)
     for j, i in enumerate(order):
         inverse[i] = j
-    return Plan(dtypes, tuple(calls), n_run, _getter(order), _getter(inverse))
+    return Plan(dtypes, index, tuple(calls), tuple(offsets), n_run, _getter(order),
+                _getter(inverse))
 
 
-def run(chunk_fn, plan_: Plan, scalars, params, grads, states):
-    """Every call of ``plan_`` through ``chunk_fn(sc, params, grads, states)`` (which returns
-    ``(new_params, new_states)`` as :func:`call_chunk` does); ``scalars``: one vector per
-    ``plan_.dtypes``. Returns ``(new_params, new_states)``, lists in the leaves' order."""
+def run(chunk_fn, plan_: Plan, scalars, offsets, params, grads, states):
+    """Every call of ``plan_`` through ``chunk_fn(sc, offset, params, grads, buffers)`` (which
+    returns ``(new_params, new_buffers)`` as :func:`call_chunk` does); ``scalars``: one vector
+    per ``plan_.dtypes``; ``offsets``: ``plan_.offsets`` (or device copies of them);
+    ``states``: per state field, its flat buffers (one per dtype group). The buffers of a group
+    go through its calls one after the other (each call aliases them). Returns
+    ``(new_params, new_states)``: the parameters in the leaves' order, the buffers as given."""
     if plan_.gather is not None:
         params, grads = list(plan_.gather(params)), list(plan_.gather(grads))
-        states = [list(plan_.gather(s)) for s in states]
-    new_p, new_s = [], [[] for _ in states]
-    for d, start, stop in plan_.calls:
-        out_p, out_s = chunk_fn(scalars[d], params[start:stop], grads[start:stop],
-                                tuple(s[start:stop] for s in states))
+    states = [list(b) for b in states]
+    new_p = []
+    for (d, start, stop), off in zip(plan_.calls, offsets):
+        gi = plan_.groups[d]
+        out_p, out_b = chunk_fn(scalars[d], off, params[start:stop], grads[start:stop],
+                                tuple(b[gi] for b in states))
         new_p += out_p
-        for acc, out in zip(new_s, out_s):
-            acc += out
+        for b, o in zip(states, out_b):
+            b[gi] = o
     n = plan_.n_run
     if n < len(params):  # empty leaves, passed through
         new_p += params[n:]
-        for acc, s in zip(new_s, states):
-            acc += s[n:]
     if plan_.scatter is not None:
         new_p = list(plan_.scatter(new_p))
-        new_s = [list(plan_.scatter(s)) for s in new_s]
-    return new_p, new_s
+    return new_p, states
 
 
-def _check_chunk(sc, params, grads, states):
+def _check_chunk(sc, params, grads, buffers):
     for j, p in enumerate(params):
-        like = (p.shape, p.dtype)
-        if p.dtype != sc.dtype or (grads[j].shape, grads[j].dtype) != like or any(
-                (s[j].shape, s[j].dtype) != like for s in states):
+        if p.dtype != sc.dtype or (grads[j].shape, grads[j].dtype) != (p.shape, p.dtype):
             raise LayoutError(
                 f"fused kernel call: leaf {j} is {p.dtype}{list(p.shape)} with scalars of "
-                f"{sc.dtype}; its gradient and state must match it")
+                f"{sc.dtype}; its gradient must match it")
+    for b in buffers:
+        if b.dtype != sc.dtype or b.ndim != 1:
+            raise LayoutError(f"fused kernel call: state buffer {b.dtype}{list(b.shape)} "
+                              f"with scalars of {sc.dtype}")
 
 
-def call_chunk(name: str, sc, params, grads, states):
-    """One FFI call updating ``params`` (a list) and ``states`` (a tuple of lists, one per
-    state field) in place (aliased); returns ``(new_params, new_states)``. Checks the layout
-    while tracing (:class:`LayoutError`)."""
-    _check_chunk(sc, params, grads, states)
-    n_state = len(states)
-    operands, results, aliases = [sc], [], {}
-    for j, (p, g) in enumerate(zip(params, grads)):
+def call_chunk(name: str, sc, offset, params, grads, buffers):
+    """One FFI call updating ``params`` (a list) and the flat state ``buffers`` (a tuple, one
+    per state field, the chunk's dtype group) in place (aliased), the first leaf's state at
+    ``offset``; returns ``(new_params, new_buffers)``. Checks dtypes while tracing
+    (:class:`LayoutError`); sizes are the caller's (``jaxupdate.step`` checks the layout)."""
+    _check_chunk(sc, params, grads, buffers)
+    operands, results, aliases = [sc, offset], [], {}
+    for p, g in zip(params, grads):
         aliases[len(operands)] = len(results)
         operands += [p, g]
         results.append(jax.ShapeDtypeStruct(p.shape, p.dtype))
-        for k in range(n_state):
-            aliases[len(operands)] = len(results)
-            operands.append(states[k][j])
-            results.append(jax.ShapeDtypeStruct(p.shape, p.dtype))
+    for b in buffers:
+        aliases[len(operands)] = len(results)
+        operands.append(b)
+        results.append(jax.ShapeDtypeStruct(b.shape, b.dtype))
     out = jax.ffi.ffi_call(name, results, input_output_aliases=aliases)(*operands)
-    per = 1 + n_state
-    return ([out[j * per] for j in range(len(params))],
-            tuple([out[j * per + 1 + k] for j in range(len(params))] for k in range(n_state)))
-
-
-def call(name: str, scalars_by_dtype, params, grads, states):
-    """Runs target ``name`` on every non-empty leaf; returns ``(new_params, new_states)``.
-
-    ``params``, ``grads``: lists of arrays; ``states``: a list (one per state field) of lists
-    aligned with ``params``; ``scalars_by_dtype``: ``dtype -> 1-D array`` in that dtype.
-    """
-    p = plan(params, len(states))
-    scalars = [scalars_by_dtype[dt] for dt in p.dtypes]
-    return run(lambda sc, *a: call_chunk(name, sc, *a), p, scalars, params, grads, states)
+    n = len(params)
+    return list(out[:n]), tuple(out[n:])

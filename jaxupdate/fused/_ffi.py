@@ -12,11 +12,13 @@ custom-call API is not used.
 Argument layout of every fused call (see ``jaxupdate.fused._call``): ``args[0]`` is a small
 vector of scalars in the parameters' dtype (hyperparameters already resolved and cast by the
 same JAX code as the XLA path; its last element names the optimizer, the one before says
-whether float32 arithmetic is widened to float64 as under x64), then, leaf after leaf,
-``param, grad, state_1 .. state_k``;
-the results are ``param, state_1 .. state_k`` per leaf, each aliased to its operand
-(``input_output_aliases``), so the kernel writes through the result pointers into the
-operands' own memory.
+whether float32 arithmetic is widened to float64 as under x64), ``args[1]`` an int32[2]
+``(lo, hi)``: the first leaf's offset ``lo + hi * 2**31`` in the flat state buffers, then
+``param, grad`` leaf after leaf, then the k flat state buffers (``jaxupdate.fused._flat``: the
+leaves of one dtype raveled one after the other, so each leaf's state starts where the
+previous leaf's ends); the results are ``param`` per leaf, then the k state buffers, each
+aliased to its operand (``input_output_aliases``), so the kernel writes through the result
+pointers into the operands' own memory.
 
 Nothing here returns an error to XLA (building an ``XLA_FFI_Error`` would need the API's
 function table): every operand layout is checked in Python at trace time. The structs only
@@ -26,6 +28,7 @@ struct smaller than the one read here makes the handler return without touching 
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import carray, njit, types
 from numba.extending import intrinsic
@@ -60,6 +63,7 @@ def _pointer_intrinsic(numba_type, llvm_type):
 _i64p = _pointer_intrinsic(types.int64, ir.IntType(64))
 _f32p = _pointer_intrinsic(types.float32, ir.FloatType())
 _f64p = _pointer_intrinsic(types.float64, ir.DoubleType())
+_i32p = _pointer_intrinsic(types.int32, ir.IntType(32))
 
 
 @njit(cache=True)
@@ -107,33 +111,30 @@ def _buffer(table_addr, index):
 
 
 @njit(cache=True)
-def leaves(frame_addr):
-    """(n_leaves, args**, rets**, scalars address, scalars count, dtype code, state arrays per
-    leaf) of an execute-stage call frame; n_leaves = -1 for any other call (metadata query,
-    other stages, unknown structs). Operands ``1 + L * (2 + k)`` and results ``L * (1 + k)``
-    give L (leaves) and k."""
+def flat_call(frame_addr):
+    """(n_leaves, n_state, args**, rets**, scalars address, scalars count, dtype code, first
+    state offset) of an execute-stage call frame; n_leaves = -1 for any other call (metadata
+    query, other stages, unknown structs). Operands ``2 + 2 L + k`` and results ``L + k`` give
+    L (leaves) and k (flat state buffers)."""
     ok, execute, nargs, args, rets, nrets = _frame(frame_addr)
-    n_leaves = nargs - nrets - 1
-    if not ok or not execute or n_leaves <= 0:
-        return -1, 0, 0, 0, 0, 0, 0
+    n_leaves = nargs - nrets - 2
+    n_state = nrets - n_leaves
+    if not ok or not execute or n_leaves <= 0 or n_state < 0 or n_state > 3:
+        return -1, 0, 0, 0, 0, 0, 0, 0
     sc_buf = carray(_i64p(carray(_i64p(args), 1)[0]), 6)
     if sc_buf[0] < _BUFFER_SIZE:
-        return -1, 0, 0, 0, 0, 0, 0
-    n_state = nrets // n_leaves - 1
+        return -1, 0, 0, 0, 0, 0, 0, 0
     sc_addr, n_sc = _buffer(args, 0)
-    return n_leaves, args, rets, sc_addr, n_sc, sc_buf[2] & 0xFFFFFFFF, n_state
+    off_addr = _buffer(args, 1)[0]
+    off = carray(_i32p(off_addr), 2)
+    first = np.int64(off[0]) + (np.int64(off[1]) << 31)
+    return n_leaves, n_state, args, rets, sc_addr, n_sc, sc_buf[2] & 0xFFFFFFFF, first
 
 
 @njit(cache=True)
-def leaf(args, rets, i, n_state, addrs):
-    """Fills ``addrs`` with leaf ``i``'s data addresses ``p, g, s_1..s_n_state`` (p and the
-    state from the results, which alias the operands) and returns its element count."""
-    p, n = _buffer(rets, i * (1 + n_state))
-    addrs[0] = p
-    addrs[1] = _buffer(args, 1 + i * (2 + n_state) + 1)[0]
-    for k in range(n_state):
-        addrs[2 + k] = _buffer(rets, i * (1 + n_state) + 1 + k)[0]
-    return n
+def buffer(table_addr, index):
+    """(data address, element count) of buffer ``index`` of an args / rets pointer table."""
+    return _buffer(table_addr, index)
 
 
 F32 = 11  # XLA_FFI_DataType_F32

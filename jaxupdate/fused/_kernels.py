@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import carray, cfunc, njit, types
 
-from jaxupdate.fused._ffi import F32, F64, f32p, f64p, fma, if_wide, leaf, leaves, round_like
+from jaxupdate.fused._ffi import F32, F64, buffer, f32p, f64p, flat_call, fma, if_wide, round_like
 
 _OPTS = dict(error_model="numpy", cache=True)
 
@@ -265,20 +265,33 @@ def _loop_f32(kind, sc, p, g, s1, s2, s3, n, n_state):
 # compiled again in every process). The scalars' last element is the index in KINDS.
 @cfunc(types.int64(types.int64), **_OPTS)
 def handler(frame):
-    count, args, rets, sc_addr, n_sc, dtype, n_state = leaves(frame)
+    count, n_state, args, rets, sc_addr, n_sc, dtype, pos = flat_call(frame)
+    if count <= 0:
+        return 0
+    base = np.zeros(3, np.int64)  # the flat state buffers' data addresses
+    size = np.zeros(3, np.int64)  # and their element counts
+    for k in range(n_state):
+        base[k], size[k] = buffer(rets, count + k)
+    width = 4 if dtype == F32 else 8
     a = np.empty(5, np.int64)
     for i in range(count):
-        n = leaf(args, rets, i, n_state, a)
-        for k in range(2 + n_state, 5):
-            a[k] = a[0]  # unused state slots: never touched by the loops
+        a[0], n = buffer(rets, i)
+        a[1] = buffer(args, 3 + 2 * i)[0]
+        for k in range(3):
+            # unused state slots point at the parameter: never touched by the loops
+            a[2 + k] = base[k] + pos * width if k < n_state else a[0]
+        for k in range(n_state):
+            if pos + n > size[k]:
+                return 0  # never reached: jaxupdate.step checks the layout before calling
         if dtype == F32:
             sc = carray(f32p(sc_addr), n_sc)
             _loop_f32(int(sc[n_sc - 1]), sc, carray(f32p(a[0]), n), carray(f32p(a[1]), n),
-                  carray(f32p(a[2]), n), carray(f32p(a[3]), n), carray(f32p(a[4]), n), n,
-                  n_state)
+                      carray(f32p(a[2]), n), carray(f32p(a[3]), n), carray(f32p(a[4]), n), n,
+                      n_state)
         elif dtype == F64:
             sc = carray(f64p(sc_addr), n_sc)
             _loop(int(sc[n_sc - 1]), sc, carray(f64p(a[0]), n), carray(f64p(a[1]), n),
                   carray(f64p(a[2]), n), carray(f64p(a[3]), n), carray(f64p(a[4]), n), n,
                   n_state, np.float32(0))  # float64 leaves: never wide
+        pos += n
     return 0

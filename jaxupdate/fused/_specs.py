@@ -1,9 +1,11 @@
 """What each fused optimizer passes to its kernel: the scalars (resolved and cast exactly as
 the XLA path does it), the state arrays, and the chain state after the step.
 
-A transformation built with ``fused=True`` is the ordinary chain (same ``init``, ``update`` and
-state types, so checkpoints, ``to_torch`` and ``state_dict`` interop see no difference) with a
-:class:`FusedSpec` left on ``tx.update``; :func:`jaxupdate.step` reads it.
+A transformation built with ``fused=True`` is the ordinary chain (same ``update`` arithmetic and
+state types) with a :class:`FusedSpec` left on ``tx.update``; :func:`jaxupdate.step` reads it.
+On CPU its ``init`` holds the kernel's state fields flat (``jaxupdate.fused._flat``: one buffer
+per dtype per field, so a step donates a few large arrays instead of one per leaf per field);
+``update``, checkpoints, ``to_torch`` and ``state_dict`` interop convert at their boundary.
 """
 
 from __future__ import annotations
@@ -314,11 +316,63 @@ def stepping(spec):
         _STEPPING.reset(token)
 
 
+_FLAT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
+
+
+def flat_eligible(params) -> bool:
+    """Whether ``tx.init`` of a fused optimizer holds its state flat for ``params``: on a CPU
+    backend (where the kernel runs) and every leaf an array of float32 / float64 (the kernel's
+    dtypes; bfloat16 leaves and GPUs take the XLA path, which reads per-leaf state) on one
+    device."""
+    if jax.default_backend() != "cpu":
+        return False
+    leaves = jax.tree.leaves(params)
+    return all(getattr(x, "dtype", None) is not None and hasattr(x, "shape")
+               and jnp.dtype(x.dtype) in _FLAT_DTYPES and _one_device(x) for x in leaves)
+
+
+def _one_device(x) -> bool:
+    # parameters sharded over several devices keep per-leaf state (each buffer sharded like
+    # its parameter, jaxupdate.sharding); a concatenation would gather them
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        return len(x.sharding.device_set) == 1
+    return True
+
+
+def _flat_init(tx, spec):
+    """``tx`` whose ``init`` holds the kernel's state fields as
+    :class:`jaxupdate.fused._flat.FlatLeaves` (one buffer per dtype per field) where
+    :func:`flat_eligible`; the values are those of the per-leaf state (zeros, or whatever the
+    inner init builds). The fields share one layout object, so the step compares them by
+    identity."""
+    from jaxupdate.fused._flat import FlatLeaves, pure, tree_layout
+
+    inner = tx.init
+    k = KERNELS[spec.kind]
+
+    def init(params):
+        state = inner(params)
+        if not flat_eligible(params):
+            return state
+        fields = k.state(spec, state)
+        if not fields:  # SGD without momentum: no per-leaf state
+            return state
+        layout = tree_layout(pure(fields[0]))
+        return k.rebuild(spec, state, [FlatLeaves.from_tree(pure(f), layout) for f in fields],
+                         increment=False)
+
+    return tx._replace(init=init)
+
+
 def _warn_outside_step(tx, spec):
     """``tx`` whose ``update`` warns once (:class:`FusedOutsideStepWarning`) when called other
     than by ``ju.step`` on this transformation itself: inside ``optax.chain``, a wrapper, or
     ``tx.update`` directly, the fused kernel cannot run (it writes the parameters, which
-    ``update`` only returns updates for) and the XLA path runs instead, same numbers."""
+    ``update`` only returns updates for) and the XLA path runs instead, same numbers. A flat
+    state (:func:`_flat_init`) is unflattened for the XLA path and flattened again after it,
+    in the layout it came in."""
+    from jaxupdate.fused._flat import flatten_like, has_flat, unflatten_state
+
     inner = tx.update
     warned = []
 
@@ -331,7 +385,10 @@ def _warn_outside_step(tx, spec):
                 "(same numbers), not the fused kernel. Step it with params, opt_state = "
                 "ju.step(tx, params, grads, opt_state) to run the kernel, or build it with "
                 "fused=False.", FusedOutsideStepWarning, stacklevel=2)
-        return inner(updates, state, params, **extra_args)
+        if not has_flat(state):
+            return inner(updates, state, params, **extra_args)
+        updates, new_state = inner(updates, unflatten_state(state), params, **extra_args)
+        return updates, flatten_like(new_state, state)
 
     return tx._replace(update=update)
 
@@ -344,7 +401,7 @@ def fused(tx, spec: FusedSpec):
 
     if jax.default_backend() == "cpu":
         require_numba()
-    return attach(_warn_outside_step(tx, spec), spec)
+    return attach(_warn_outside_step(_flat_init(tx, spec), spec), spec)
 
 
 def with_fused(flag: bool, spec_fn_result: FusedSpec, tx):

@@ -69,6 +69,7 @@ from jaxupdate._described import (
     fn_qualname,
 )
 from jaxupdate._hparams import is_number, is_schedule, resolve
+from jaxupdate.fused._flat import flatten_like, unflatten_state
 from jaxupdate.interop import _torch as T
 from jaxupdate.interop.weights import NnxLink
 from jaxupdate.lr_scheduler.inject import plain_view
@@ -632,7 +633,8 @@ def load_torch_state_dict(
         (1, [0.10000000149011612, 0.10000000149011612, 0.10000000149011612])
     """
     wrapped = tx.init(params)
-    template = unwrap_nnx(wrapped)
+    # a fused optimizer's flat state (jaxupdate.fused._flat): loaded per leaf, flattened back
+    template = unflatten_state(unwrap_nnx(wrapped))
     params = unwrap_nnx(params)
     layout = state_layout(tx, params, need_description=False)
     if param_map is not None:
@@ -658,7 +660,7 @@ def load_torch_state_dict(
             _load_group(layout, g, group, saved, entries, template, params, strict, step)
         )
     new = template._replace(groups=tuple(new_groups)) if layout.grouped else new_groups[0]
-    return _rewrap(wrapped, new)
+    return _rewrap(wrapped, flatten_like(new, unwrap_nnx(wrapped)))
 
 
 def _load_group(layout, g, group, saved, torch_entries, template, params, strict, step):
@@ -799,7 +801,7 @@ def torch_state_dict(tx, opt_state, params, *, param_map: Optional[Sequence] = N
         (0.1, 0.9)
     """
     torch = T.torch()
-    params, opt_state = unwrap_nnx(params), unwrap_nnx(opt_state)
+    params, opt_state = unwrap_nnx(params), unflatten_state(unwrap_nnx(opt_state))
     # inject_hyperparams: the injected values (torch's group entries) and the inner state
     tx, opt_state = plain_view(tx, opt_state)
     layout = state_layout(tx, params, need_description=True)

@@ -39,6 +39,7 @@ import jax
 import numpy as np
 
 from jaxupdate._described import Description, description
+from jaxupdate.fused._flat import unflatten_state
 from jaxupdate.interop import _torch as T
 from jaxupdate.interop.from_torch import Positioned, torch_last_epoch
 from jaxupdate.interop.state_dict import (
@@ -436,6 +437,7 @@ def to_torch(
     torch = T.torch()
     params, opt_state = unwrap_nnx(params), unwrap_nnx(opt_state)
     _check_state(tx, opt_state, params)
+    opt_state = unflatten_state(opt_state)  # a fused optimizer's flat state, per leaf
     view_tx, view_state, groups = _view(tx, opt_state)
     # the export validates the state against the transformation and the parameters
     sd = torch_state_dict(view_tx, view_state, params, param_map=param_map)
