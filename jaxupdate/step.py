@@ -327,6 +327,11 @@ def step(tx, params, grads, opt_state, **extra_args):
     are consumed, as ``torch.optim``'s ``step()`` overwrites its tensors. Not differentiable and not
     vmappable with a fused optimizer (as torch's ``fused=True``): use ``fused=False`` there.
 
+    The kernel reads the flat state a fused optimizer's ``tx.init`` builds on CPU (one buffer
+    per dtype per state field, :mod:`jaxupdate.fused`); a per-leaf state (``fused=False``'s,
+    one built on a GPU, or ``jaxupdate.fused.unflatten_state(opt_state)``) runs the XLA path
+    and stays per leaf.
+
     Args:
       tx: any ``optax.GradientTransformation`` (e.g. ``ju.adam(lr=1e-3, fused=True)``).
       params, grads, opt_state: as for ``tx.update``.
