@@ -596,3 +596,33 @@ def test_flat_state_of_wrong_size_raises():
     with pytest.raises(ValueError, match="opt_state"):
         ju.step(tx, params, {"w": jnp.ones(30), "b": jnp.ones(2)}, short)
     assert not any(x.is_deleted() for x in jax.tree.leaves((params, state)))
+
+
+def test_several_devices_keep_per_leaf_state():
+    """With several devices (parameters may be sharded, also inside jit) tx.init keeps the
+    per-leaf state, which ju.step runs through the XLA path with the same numbers."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = (
+        "import jax, jax.numpy as jnp, numpy as np, jaxupdate as ju\n"
+        "from jaxupdate.fused import has_flat\n"
+        "assert jax.device_count() == 2\n"
+        "tx, plain = ju.adam(lr=0.1, fused=True), ju.adam(lr=0.1)\n"
+        "p = {'w': jnp.arange(6.0), 'b': jnp.ones(3)}\n"
+        "s = tx.init(p)\n"
+        "assert not has_flat(s) and not has_flat(jax.jit(tx.init)(p))\n"
+        "new, _ = ju.step(tx, p, p, s)\n"
+        "q = {'w': jnp.arange(6.0), 'b': jnp.ones(3)}\n"
+        "ref, _ = ju.step(plain, q, q, plain.init(q))\n"
+        "assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new), "
+        "jax.tree.leaves(ref)))\n"
+        "print('ok')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    res = subprocess.run([sys.executable, "-c", script], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout + res.stderr

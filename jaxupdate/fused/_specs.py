@@ -322,21 +322,15 @@ _FLAT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
 def flat_eligible(params) -> bool:
     """Whether ``tx.init`` of a fused optimizer holds its state flat for ``params``: on a CPU
     backend (where the kernel runs) and every leaf an array of float32 / float64 (the kernel's
-    dtypes; bfloat16 leaves and GPUs take the XLA path, which reads per-leaf state) on one
-    device."""
-    if jax.default_backend() != "cpu":
+    dtypes; bfloat16 leaves and GPUs take the XLA path, which reads per-leaf state), in a
+    process with one device."""
+    if jax.default_backend() != "cpu" or jax.device_count() != 1:
+        # several devices: parameters may be sharded (also inside jit, where a tracer does
+        # not say), and per-leaf state is sharded like its parameter (jaxupdate.sharding)
         return False
     leaves = jax.tree.leaves(params)
     return all(getattr(x, "dtype", None) is not None and hasattr(x, "shape")
-               and jnp.dtype(x.dtype) in _FLAT_DTYPES and _one_device(x) for x in leaves)
-
-
-def _one_device(x) -> bool:
-    # parameters sharded over several devices keep per-leaf state (each buffer sharded like
-    # its parameter, jaxupdate.sharding); a concatenation would gather them
-    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
-        return len(x.sharding.device_set) == 1
-    return True
+               and jnp.dtype(x.dtype) in _FLAT_DTYPES for x in leaves)
 
 
 def _flat_init(tx, spec):
