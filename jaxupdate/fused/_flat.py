@@ -72,17 +72,11 @@ def pure(tree):
     """``tree`` with flax nnx ``Variable`` nodes replaced by their values: ``nnx.Optimizer``
     calls ``tx.init`` on ``nnx.State`` holding ``Param`` nodes but steps with plain arrays
     (``nnx.as_pure``), so a layout records the plain structure."""
-    nnx = sys.modules.get("flax.nnx")
-    if nnx is None:
+    if "flax.nnx" not in sys.modules:
         return tree
+    from jaxupdate.interop.state_dict import unwrap_nnx
 
-    def is_var(x):
-        return isinstance(x, nnx.Variable)
-
-    def value(x):
-        return x.get_value() if hasattr(x, "get_value") else x.value
-
-    return jax.tree.map(lambda x: value(x) if is_var(x) else x, tree, is_leaf=is_var)
+    return unwrap_nnx(tree)
 
 
 @jax.tree_util.register_pytree_node_class
