@@ -626,3 +626,28 @@ def test_several_devices_keep_per_leaf_state():
     res = subprocess.run([sys.executable, "-c", script], cwd=root, env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout + res.stderr
+
+
+def test_flat_state_to_torch_continues_the_run():
+    """ju.to_torch reads the flat state: torch's fused Adam, loaded from a fused jaxupdate run,
+    continues it as the jaxupdate run itself does (float64; the project's 1e-12 parity bound,
+    bit for bit on the development machine)."""
+    shapes = [(1001,), (7, 13), ()]
+    params, grads = problem(np.float64, steps=4, shapes=shapes)
+    tx = ju.adam(lr=1e-2, amsgrad=True, fused=True)
+    p = [jnp.asarray(params[k]) for k in sorted(params)]
+    gs = [[jnp.asarray(g[k]) for k in sorted(g)] for g in grads]
+    s = tx.init(p)
+    for g in gs[:2]:
+        p, s = ju.step(tx, p, g, s)
+    assert jf.has_flat(s)
+    w = [torch.nn.Parameter(torch.zeros(x.shape, dtype=torch.float64)) for x in p]
+    opt = torch.optim.Adam(w, lr=1e-2, amsgrad=True, fused=True)
+    ju.to_torch(opt, tx, s, p)
+    for g in gs[2:]:
+        p, s = ju.step(tx, p, g, s)
+        for t, x in zip(w, g):
+            t.grad = torch.tensor(np.array(x))
+        opt.step()
+    for a, t in zip(p, w):
+        np.testing.assert_allclose(np.asarray(a), t.detach().numpy(), rtol=1e-12, atol=1e-15)
