@@ -254,7 +254,7 @@ def _fast_eager_step(tx, spec, params, grads, opt_state):
         _check(tx, spec, params, grads, opt_state)
         if len(_PLANS) >= _PLANS_MAX:
             _PLANS.pop(next(iter(_PLANS)))
-        plan = _call.plan(avals, len(fields))
+        plan = _call.plan(avals, len(fields), _call.EAGER_CHUNK)
         offsets = tuple(jax.device_put(o) for o in plan.offsets)
         entry = _PLANS[key] = [avals, plan, offsets, fields[0].layout if fields else None]
     elif list(map(_aval, g_leaves)) != avals:
@@ -364,7 +364,7 @@ def step(tx, params, grads, opt_state, **extra_args):
             grads = _private_grads(grads, params, opt_state)
             p_leaves, treedef = jax.tree.flatten(params)
             fields = _flat_fields(spec, opt_state)
-            plan = _call.plan(p_leaves, len(fields))
+            plan = _call.plan(p_leaves, len(fields), _call.EAGER_CHUNK)
             return _eager_kernel_step(spec, plan, plan.offsets, treedef, p_leaves,
                                       treedef.flatten_up_to(grads), fields, opt_state)
         return _kernel_fn(spec)(params, grads, opt_state)

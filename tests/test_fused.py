@@ -517,10 +517,15 @@ def test_per_leaf_state_takes_xla_path():
     _assert_same(out, unfused_trajectory(ju.adam(lr=1e-2, amsgrad=True), params, grads))
 
 
-def test_mixed_dtypes_share_no_buffer():
+def test_mixed_dtypes_share_no_buffer(monkeypatch):
     """float32 and float64 leaves interleaved: one flat buffer per dtype, each leaf at its
-    offset. Every leaf ends bit for bit where a run over its dtype's leaves alone ends (the
-    offsets address the right elements), and float64 where the XLA path does."""
+    offset, in many calls per dtype (chunks shrunk to 7 leaves, eager and under jit). Every
+    leaf ends bit for bit where a run over its dtype's leaves alone ends (the offsets address
+    the right elements), and float64 where the XLA path does."""
+    from jaxupdate.fused import _call
+
+    monkeypatch.setattr(_call, "EAGER_CHUNK", 9)
+    monkeypatch.setattr(_call, "CHUNK", 9)
     rng = np.random.default_rng(7)
     shapes = [(3001,), (5,), (), (0,), (200, 3), (17,)] * 20
     params = {f"p{i:03d}": rng.standard_normal(s).astype(np.float32 if i % 3 else np.float64)
@@ -539,6 +544,12 @@ def test_mixed_dtypes_share_no_buffer():
             for (mp, _), (ap, _) in zip(mixed, alone):
                 for k, v in ap.items():
                     np.testing.assert_array_equal(mp[k], v)
+        # the same steps through the user's jit (ju.step's traced route)
+        jitted = jax.jit(lambda p, g, s, tx=tx: ju.step(tx, p, g, s))
+        p, s = jax.tree.map(jnp.asarray, params), tx.init(jax.tree.map(jnp.asarray, params))
+        for g in grads:
+            p, s = jitted(p, jax.tree.map(jnp.asarray, g), s)
+        _assert_same([jax.tree.map(np.asarray, (p, jf.unflatten_state(s)))], mixed[-1:])
         xla = unfused_trajectory(make(name, kw, False), params, grads)
         for (mp, ms), (xp, xs) in zip(mixed, xla):
             for a, b in zip(jax.tree.leaves((mp, ms)), jax.tree.leaves((xp, xs))):

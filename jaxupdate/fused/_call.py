@@ -24,8 +24,14 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import numpy as np
 
-# aliased buffers per call (parameters and state arrays)
+# aliased buffers per call (parameters and the flat state buffers): inside a jitted step (one
+# computation holding every call, compiled at once) CHUNK; eager steps, which jit each call on
+# its own, EAGER_CHUNK: a call costs about 75 us of dispatch whatever it holds, so fewer, larger
+# calls are faster (10M-parameter Adam on the 2-core test machine: 1,000 leaves 18.0 vs 19.1 ms,
+# 10,000 leaves 77.5 vs 83.5 ms), while their compile time still fits the first-call budget
+# (0.7 s at 1,000 leaves, 1.3 s at 10,000; 96 per call under jit: 0.84 s, 384: 1.14 s)
 CHUNK = 96
+EAGER_CHUNK = 384
 
 _registered: dict = {}
 
@@ -78,9 +84,9 @@ def _offset(n: int) -> np.ndarray:
     return np.array([n % 2**31, n // 2**31], np.int32)
 
 
-def plan(params, n_state: int) -> Plan:
+def plan(params, n_state: int, chunk: int = CHUNK) -> Plan:
     """The :class:`Plan` of leaves ``params`` (anything with ``shape`` and ``dtype``): non-empty
-    leaves grouped by dtype (sorted by name), at most ``CHUNK`` aliased buffers (parameters and
+    leaves grouped by dtype (sorted by name), at most ``chunk`` aliased buffers (parameters and
     the ``n_state`` flat state buffers) per call."""
     groups: dict = {}
     empty = []
@@ -94,7 +100,7 @@ def plan(params, n_state: int) -> Plan:
             groups.setdefault(np.dtype(p.dtype), []).append(i)
     all_dtypes = sorted({np.dtype(p.dtype) for p in params}, key=str)
     dtypes = tuple(sorted(groups, key=str))
-    per_call = max(1, CHUNK - n_state)
+    per_call = max(1, chunk - n_state)
     order, calls, offsets = [], [], []
     for d, dt in enumerate(dtypes):
         idx = groups[dt]
