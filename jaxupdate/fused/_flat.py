@@ -3,9 +3,10 @@
 Why: outside ``jit`` every array ``ju.step`` passes to XLA costs microseconds of jax's own
 work whatever the kernel does (measured on the 2-core test machine: about 2.2 us to donate an
 array, 0.5 us to read one, 1.7 us to free a donated one), so per-leaf state made Adam pay for
-three donated arrays per parameter tensor: 1.4x torch's fused Adam at 1,000 leaves and 1.7x
-at 10,000. Held flat, Adam's ``exp_avg`` and ``exp_avg_sq`` are one array each per dtype,
-and a step donates one array per parameter tensor (the parameter itself) plus a few buffers.
+three donated arrays per parameter tensor: 1.5x torch's fused Adam at 1,000 leaves and 2.2x
+at 10,000 (10M parameters). Held flat, Adam's ``exp_avg`` and ``exp_avg_sq`` are one array
+each per dtype, and a step donates one array per parameter tensor (the parameter itself) plus
+a few buffers: 1.0x and 0.9x (README, "Fused column").
 
 A :class:`FlatLeaves` stands where the per-leaf tree of a state field stood (Adam's
 ``ScaleByTorchAdamState.exp_avg``, say): its pytree children are the buffers, so ``jit``,
