@@ -356,14 +356,14 @@ def step(tx, params, grads, opt_state, **extra_args):
         out = _fast_eager_step(tx, spec, params, grads, opt_state)
         if out is not None:
             return out
-    if _use_kernel(spec, params, extra_args) and _flat_fields(spec, opt_state) is not None:
+    fields = _flat_fields(spec, opt_state) if spec is not None else None
+    if fields is not None and _use_kernel(spec, params, extra_args):
         _check(tx, spec, params, grads, opt_state)
         if not (_is_traced(params) or _is_traced(grads) or _is_traced(opt_state)):
             from jaxupdate.fused import _call
 
             grads = _private_grads(grads, params, opt_state)
             p_leaves, treedef = jax.tree.flatten(params)
-            fields = _flat_fields(spec, opt_state)
             plan = _call.plan(p_leaves, len(fields), _call.EAGER_CHUNK)
             return _eager_kernel_step(spec, plan, plan.offsets, treedef, p_leaves,
                                       treedef.flatten_up_to(grads), fields, opt_state)

@@ -87,33 +87,30 @@ def _offset(n: int) -> np.ndarray:
 def plan(params, n_state: int, chunk: int = CHUNK) -> Plan:
     """The :class:`Plan` of leaves ``params`` (anything with ``shape`` and ``dtype``): non-empty
     leaves grouped by dtype (sorted by name), at most ``chunk`` aliased buffers (parameters and
-    the ``n_state`` flat state buffers) per call."""
+    the ``n_state`` flat state buffers) per call; the offsets are those of the flat layout
+    (:func:`jaxupdate.fused._flat.layout_of`)."""
+    from jaxupdate.fused._flat import layout_of
+
+    lay = layout_of(params, None)
     groups: dict = {}
     empty = []
-    sizes = []
-    for i, p in enumerate(params):
-        n = math.prod(p.shape)
-        sizes.append(n)
-        if n == 0:
+    for i, (s, g) in enumerate(zip(lay.shapes, lay.group)):
+        if math.prod(s) == 0:
             empty.append(i)
         else:
-            groups.setdefault(np.dtype(p.dtype), []).append(i)
-    all_dtypes = sorted({np.dtype(p.dtype) for p in params}, key=str)
-    dtypes = tuple(sorted(groups, key=str))
+            groups.setdefault(g, []).append(i)
+    index = tuple(sorted(groups))  # group_dtypes are sorted by name already
     per_call = max(1, chunk - n_state)
     order, calls, offsets = [], [], []
-    for d, dt in enumerate(dtypes):
-        idx = groups[dt]
-        pos = 0
+    for d, g in enumerate(index):
+        idx = groups[g]
         for s in range(0, len(idx), per_call):
-            part = idx[s:s + per_call]
-            calls.append((d, len(order) + s, len(order) + s + len(part)))
-            offsets.append(_offset(pos))
-            pos += sum(sizes[i] for i in part)
+            calls.append((d, len(order) + s, len(order) + min(s + per_call, len(idx))))
+            offsets.append(_offset(lay.offset[idx[s]]))
         order += idx
     n_run = len(order)
     order += empty
-    index = tuple(all_dtypes.index(dt) for dt in dtypes)
+    dtypes = tuple(lay.group_dtypes[g] for g in index)
     if order == list(range(len(order))):
         return Plan(dtypes, index, tuple(calls), tuple(offsets), n_run, None, None)
     inverse = [0] * len(order)

@@ -97,7 +97,7 @@ def _frame(frame_addr):
 
 
 @njit(cache=True)
-def _buffer(table_addr, index):
+def buffer(table_addr, index):
     """(data address, element count) of buffer ``index`` of an args / rets pointer table."""
     table = carray(_i64p(table_addr), index + 1)
     buf = carray(_i64p(table[index]), 6)
@@ -124,17 +124,11 @@ def flat_call(frame_addr):
     sc_buf = carray(_i64p(carray(_i64p(args), 1)[0]), 6)
     if sc_buf[0] < _BUFFER_SIZE:
         return -1, 0, 0, 0, 0, 0, 0, 0
-    sc_addr, n_sc = _buffer(args, 0)
-    off_addr = _buffer(args, 1)[0]
+    sc_addr, n_sc = buffer(args, 0)
+    off_addr = buffer(args, 1)[0]
     off = carray(_i32p(off_addr), 2)
     first = np.int64(off[0]) + (np.int64(off[1]) << 31)
     return n_leaves, n_state, args, rets, sc_addr, n_sc, sc_buf[2] & 0xFFFFFFFF, first
-
-
-@njit(cache=True)
-def buffer(table_addr, index):
-    """(data address, element count) of buffer ``index`` of an args / rets pointer table."""
-    return _buffer(table_addr, index)
 
 
 F32 = 11  # XLA_FFI_DataType_F32
