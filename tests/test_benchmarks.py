@@ -224,3 +224,18 @@ def test_first_call_split_and_persistent_cache(capsys):
     assert all(float(x) > 0 for r in rows[:2] for x in r[2:])
     cold, warm = (float(x) for x in rows[2][1:])
     assert 0 < warm < cold  # the second process loads the executable instead of compiling
+
+
+def test_fused_routes_times_both_layouts(capsys):
+    """benchmarks/fused_routes.py: init, the XLA route's jit(update) and jit(ju.step), fused
+    against unfused, on a tiny tree."""
+    from benchmarks.fused_routes import main, measure
+
+    r = measure(3, 5, steps=1)
+    assert set(r) == {"fused", "unfused"}
+    for row in r.values():
+        assert set(row) == {"init_s", "jit_update_first_call_s", "jit_update_step_ms",
+                            "jit_step_first_call_s"}
+        assert all(v > 0 for v in row.values())
+    assert main(["--leaves", "2", "--floats", "3", "--init-only"]) == 0
+    assert "| fused |" in capsys.readouterr().out

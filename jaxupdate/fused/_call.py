@@ -29,7 +29,8 @@ import numpy as np
 # its own, EAGER_CHUNK: a call costs about 75 us of dispatch whatever it holds, so fewer, larger
 # calls are faster (10M-parameter Adam on the 2-core test machine: 1,000 leaves 18.0 vs 19.1 ms,
 # 10,000 leaves 77.5 vs 83.5 ms), while their compile time still fits the first-call budget
-# (0.7 s at 1,000 leaves, 1.3 s at 10,000; 96 per call under jit: 0.84 s, 384: 1.14 s)
+# (0.7 s at 1,000 leaves, 1.3 s at 10,000; jit(ju.step) of 1,000 leaves, benchmarks.fused_routes:
+# 0.84 s with 96 per call, 1.14 s with 384, on an unloaded machine)
 CHUNK = 96
 EAGER_CHUNK = 384
 
