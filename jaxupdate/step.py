@@ -24,7 +24,7 @@ from jaxupdate.transforms.common import CountState
 # "xla": always the XLA path (what a GPU runs; the tests force it on CPU to check that route)
 BACKEND = "auto"
 
-_KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_KERNEL_DTYPES = _specs.KERNEL_DTYPES
 
 
 def _layout(tree):

@@ -316,7 +316,8 @@ def stepping(spec):
         _STEPPING.reset(token)
 
 
-_FLAT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
+# the dtypes the kernels are compiled for (jaxupdate.step runs them; tx.init holds them flat)
+KERNEL_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
 
 
 def flat_eligible(params) -> bool:
@@ -330,7 +331,7 @@ def flat_eligible(params) -> bool:
         return False
     leaves = jax.tree.leaves(params)
     return all(getattr(x, "dtype", None) is not None and hasattr(x, "shape")
-               and jnp.dtype(x.dtype) in _FLAT_DTYPES for x in leaves)
+               and jnp.dtype(x.dtype) in KERNEL_DTYPES for x in leaves)
 
 
 def _flat_init(tx, spec):
